@@ -1,0 +1,1 @@
+"""ievents: the Integration Events log pipeline."""

@@ -1,0 +1,65 @@
+"""Settings for every ievents process, read from ``IEVENTS_*`` environment variables.
+
+The defaults describe the embedded stack (a broker subprocess, chDB on a data
+folder under ``./data``); production only changes values, never code paths:
+set ``IEVENTS_KAFKA_BOOTSTRAP``, ``IEVENTS_SCHEMA_REGISTRY_URL`` and
+``IEVENTS_CLICKHOUSE_URL=http://...`` and the same processes talk to Apache
+Kafka, a Schema Registry and a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IEVENTS_", extra="ignore")
+
+    data_dir: Path = Path("data")
+
+    # Kafka. Empty bootstrap means "start the embedded broker" for `ievents up`
+    # and `ievents demo`; the stream worker and sink always need an address.
+    kafka_bootstrap: str = ""
+    topic_raw: str = "integration-events.raw"
+    topic_enriched: str = "integration-events.enriched"
+    topic_dlq: str = "integration-events.dlq"
+    topic_partitions: int = 4
+    schema_registry_url: str = ""
+
+    # Stream worker (Faust).
+    stream_app_id: str = "ievents-stream"
+    stream_batch_size: int = 500
+    stream_batch_seconds: float = 0.2
+    stream_metrics_port: int = 9101
+
+    # Sink.
+    sink_group: str = "ievents-sink"
+    sink_batch_rows: int = 10_000
+    sink_batch_seconds: float = 1.0
+
+    # ClickHouse: chdb:///absolute/path (embedded) or http://host:8123 (server).
+    clickhouse_url: str = ""
+    clickhouse_database: str = "ievents"
+
+    # Query API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = ""
+
+    @cached_property
+    def clickhouse_dsn(self) -> str:
+        """The ClickHouse DSN, defaulting to chDB in ``<data_dir>/clickhouse``."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def api_base_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic_raw, self.topic_enriched, self.topic_dlq]
