@@ -1,0 +1,3 @@
+from ievents.cli import app
+
+app(prog_name="ievents")

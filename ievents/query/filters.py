@@ -1,0 +1,212 @@
+"""What the Integration Events log asks of ClickHouse, as parameterised SQL.
+
+Pure: nothing here talks to ClickHouse. Every value a user typed travels as a
+server-side parameter (``{name:Type}``, bound by clickhouse-connect's
+``parameters=``), never inside the SQL text, so a filter value cannot change
+what a query does. The only identifiers spliced into SQL come from constants
+in this module.
+
+Every query reads ``integration_events FINAL``: the table is a
+ReplacingMergeTree, and until a background merge runs it can hold several
+copies of a re-delivered event. ``FINAL`` collapses them at read time, which
+is what keeps duplicates invisible to users.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+Status = Literal["info", "success", "failure"]
+Direction = Literal["none", "pull", "push"]
+CountDimension = Literal["status", "type"]
+
+STATUSES: tuple[Status, ...] = ("info", "success", "failure")
+COUNT_DIMENSIONS: tuple[CountDimension, ...] = ("status", "type")
+MAX_LIMIT = 1000
+TABLE = "integration_events FINAL"
+
+# Columns an event is served with, in table order. Listed rather than `*` so a
+# migration that adds a column does not silently change what the API returns.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "account_id",
+    "integration_id",
+    "integration_name",
+    "integration_platform",
+    "occurred_at",
+    "type",
+    "type_raw",
+    "direction",
+    "status",
+    "status_raw",
+    "message",
+    "result",
+    "parameters",
+    "details",
+    "message_template",
+    "error_category",
+    "error_fingerprint",
+    "redacted_parameters",
+    "processed_at",
+    "source_partition",
+    "source_offset",
+    "stored_at",
+)
+
+_COLUMNS = ", ".join(EVENT_COLUMNS)
+_TIMESTAMP = "DateTime64(3, 'UTC')"
+
+# One row per filter field: the condition it adds when set. The parameter is
+# named after the field, so the field's value is bound as-is.
+_CONDITIONS: tuple[tuple[str, str], ...] = (
+    ("account_id", "account_id = {account_id:String}"),
+    ("integration_id", "integration_id = {integration_id:String}"),
+    ("status", "status = {status:String}"),
+    ("type", "type = {type:String}"),
+    ("direction", "direction = {direction:String}"),
+    ("since", f"occurred_at >= {{since:{_TIMESTAMP}}}"),
+    ("until", f"occurred_at < {{until:{_TIMESTAMP}}}"),
+)
+
+_AFTER_CURSOR = f"(occurred_at, event_id) < ({{cursor_occurred_at:{_TIMESTAMP}}}, {{cursor_event_id:UUID}})"
+_NEWEST_FIRST = "occurred_at DESC, event_id DESC"
+
+
+class InvalidFilter(ValueError):
+    """A filter value the log cannot use; ``field`` names it, the message says what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EventFilter(BaseModel):
+    """Which events to show: every field left unset (``None``) matches everything.
+
+    ``since`` is inclusive and ``until`` exclusive, so consecutive windows never
+    overlap. ``cursor`` is the opaque ``next_cursor`` of the previous page.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account_id: str | None = None
+    integration_id: str | None = None
+    status: Status | None = None
+    type: str | None = None
+    direction: Direction | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 50
+    cursor: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_unset(cls, data: Any) -> Any:
+        """An HTML form sends an untouched field as ``""``; that means "any", not "equal to empty"."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+    @model_validator(mode="after")
+    def _window_is_ordered(self) -> EventFilter:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must be earlier than until")
+        return self
+
+
+@dataclass(frozen=True)
+class Query:
+    """SQL text plus the server-side parameters it binds."""
+
+    sql: str
+    parameters: dict[str, Any]
+
+
+class Cursor(BaseModel):
+    """The position after the last row of a page: rows strictly older come next."""
+
+    model_config = ConfigDict(frozen=True)
+
+    occurred_at: AwareDatetime
+    event_id: UUID
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    """URL-safe base64 of the cursor's JSON, without ``=`` padding so it needs no escaping in a URL."""
+    return base64.urlsafe_b64encode(cursor.model_dump_json().encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> Cursor:
+    """The cursor ``encode_cursor`` made; anything else raises ``InvalidFilter``."""
+    try:
+        payload = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        return Cursor.model_validate_json(payload)
+    except ValueError as exc:  # bad base64, bad JSON and bad fields all derive from ValueError
+        raise InvalidFilter("cursor", "malformed cursor: pass the next_cursor of a previous page unchanged") from exc
+
+
+def list_query(flt: EventFilter) -> Query:
+    """Newest events first, one row more than ``limit`` so the caller can tell whether a next page exists.
+
+    Keyset pagination (``(occurred_at, event_id) < cursor``) rather than
+    ``OFFSET``: pages stay stable while new events arrive, and a deep page
+    costs no more than the first. A malformed cursor raises ``InvalidFilter``.
+    """
+    conditions, parameters = _filter_conditions(flt)
+    if flt.cursor is not None:
+        cursor = decode_cursor(flt.cursor)
+        conditions.append(_AFTER_CURSOR)
+        parameters |= {"cursor_occurred_at": cursor.occurred_at, "cursor_event_id": cursor.event_id}
+    parameters["limit"] = flt.limit + 1
+    sql = f"SELECT {_COLUMNS} FROM {TABLE}{_where(conditions)} ORDER BY {_NEWEST_FIRST} LIMIT {{limit:UInt32}}"
+    return Query(sql, parameters)
+
+
+def count_query(flt: EventFilter, by: CountDimension | None = None) -> Query:
+    """Events matching the filter: one row ``n`` in total, or rows ``key, n`` per ``status`` / ``type``, largest first.
+
+    The cursor and limit are ignored: counts describe the whole filtered log,
+    not the page being shown. ``by`` becomes an identifier in the SQL, so it is
+    checked against the known dimensions rather than trusted to its type hint.
+    """
+    conditions, parameters = _filter_conditions(flt)
+    if by is None:
+        return Query(f"SELECT count() AS n FROM {TABLE}{_where(conditions)}", parameters)
+    if by not in COUNT_DIMENSIONS:
+        raise ValueError(f"cannot count by {by!r}; choose one of {COUNT_DIMENSIONS}")
+    sql = f"SELECT {by} AS key, count() AS n FROM {TABLE}{_where(conditions)} GROUP BY {by} ORDER BY n DESC, key"
+    return Query(sql, parameters)
+
+
+def get_query(event_id: UUID | str, account_id: str | None = None) -> Query:
+    """One event by id; with ``account_id``, only if it belongs to that account.
+
+    ``FINAL`` collapses copies that share the table's sorting key; ordering by
+    ``processed_at`` makes the answer the latest copy even if a re-delivery
+    ever carried a different ``occurred_at``.
+    """
+    try:
+        parameters: dict[str, Any] = {"event_id": UUID(str(event_id))}
+    except ValueError as exc:
+        raise InvalidFilter("event_id", f"event_id {event_id!r} is not a UUID") from exc
+    conditions = ["event_id = {event_id:UUID}"]
+    if account_id is not None:
+        conditions.append("account_id = {account_id:String}")
+        parameters["account_id"] = account_id
+    sql = f"SELECT {_COLUMNS} FROM {TABLE}{_where(conditions)} ORDER BY processed_at DESC LIMIT 1"
+    return Query(sql, parameters)
+
+
+def _filter_conditions(flt: EventFilter) -> tuple[list[str], dict[str, Any]]:
+    """The conditions and parameters of the filter's set fields (paging excluded)."""
+    used = [(field, condition) for field, condition in _CONDITIONS if getattr(flt, field) is not None]
+    return [condition for _, condition in used], {field: getattr(flt, field) for field, _ in used}
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""

@@ -1,0 +1,169 @@
+"""Wiring of whole processes from settings: the one module that imports every stage.
+
+``EmbeddedStack`` is the no-Docker default: a broker subprocess (unless a
+bootstrap address is configured), the topics, and stream worker subprocesses.
+``SinkService`` runs the sink on a thread and, optionally, the query API in
+the same process, because a chDB data folder can be open in one process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ievents.clickhouse import connect
+from ievents.kafka import EmbeddedBroker, ensure_topics, free_port
+from ievents.producers.sdk import IntegrationEventProducer
+from ievents.schemas import ENRICHED, RAW, SchemaSource, schema_source
+from ievents.settings import Settings
+from ievents.sink.migrations import migrate
+from ievents.sink.sink import ClickHouseSink
+
+log = logging.getLogger(__name__)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process read the same settings."""
+    values = settings.model_dump(exclude_defaults=False)
+    return {f"IEVENTS_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def schemas_for(settings: Settings) -> SchemaSource:
+    subjects = {RAW: f"{settings.topic_raw}-value", ENRICHED: f"{settings.topic_enriched}-value"}
+    return schema_source(settings.schema_registry_url, subjects)
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    return {topic: settings.topic_partitions for topic in settings.topics}
+
+
+def open_producer(settings: Settings) -> IntegrationEventProducer:
+    return IntegrationEventProducer(settings.kafka_bootstrap, settings.topic_raw, schemas_for(settings))
+
+
+def start_stream_worker(settings: Settings, log_path=None) -> subprocess.Popen:
+    """``ievents stream`` as a child process in its own process group (so it is stopped with its children)."""
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "ievents", "stream"],
+        env={**os.environ, **settings_env(settings)},
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not exited within ``timeout``."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+class EmbeddedStack:
+    """Broker (embedded unless ``kafka_bootstrap`` is set), topics, and ``workers`` stream worker processes."""
+
+    def __init__(self, settings: Settings, workers: int = 1) -> None:
+        self.settings = settings
+        self._workers = workers
+        self._broker: EmbeddedBroker | None = None
+        self._processes: list[subprocess.Popen] = []
+        self.stream_metrics_ports: list[int] = []
+
+    def __enter__(self) -> EmbeddedStack:
+        try:
+            logs = self.settings.data_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            if not self.settings.kafka_bootstrap:
+                self._broker = EmbeddedBroker(log_path=logs / "broker.log").start()
+                self.settings = self.settings.model_copy(update={"kafka_bootstrap": self._broker.bootstrap})
+            ensure_topics(self.settings.kafka_bootstrap, topic_partitions(self.settings))
+            for index in range(self._workers):
+                worker_settings = self.settings.model_copy(update={"stream_metrics_port": free_port()})
+                self._processes.append(start_stream_worker(worker_settings, logs / f"stream-{index}.log"))
+                self.stream_metrics_ports.append(worker_settings.stream_metrics_port)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def check_alive(self) -> None:
+        """Raise if a stream worker died (its log under data/logs says why)."""
+        for process in self._processes:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"A stream worker exited with code {process.returncode}; see {self.settings.data_dir / 'logs'}"
+                )
+
+    def __exit__(self, *exc: Any) -> None:
+        for process in reversed(self._processes):
+            stop_process(process)
+        if self._broker:
+            self._broker.stop()
+
+
+class SinkService:
+    """The sink on a background thread, sharing this process's ClickHouse engine with the query API."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = connect(settings.clickhouse_dsn, settings.clickhouse_database)
+        migrate(self.client)
+        self._stop = threading.Event()
+        self._sink = ClickHouseSink(
+            bootstrap=settings.kafka_bootstrap, topic=settings.topic_enriched, group=settings.sink_group,
+            dlq_topic=settings.topic_dlq, schemas=schemas_for(settings),
+            client=connect(settings.clickhouse_dsn, settings.clickhouse_database),
+            batch_rows=settings.sink_batch_rows, batch_seconds=settings.sink_batch_seconds,
+        )
+        self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._sink.run(self._stop)
+        except BaseException as exc:  # surfaced to the owner through check_alive()
+            self.error = exc
+            log.exception("sink stopped")
+
+    def __enter__(self) -> SinkService:
+        self._thread.start()
+        return self
+
+    def check_alive(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"The sink stopped: {self.error}") from self.error
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def publish(producer: IntegrationEventProducer, events: Iterable[dict], *, rate: float | None = None,
+            stop: threading.Event | None = None, on_sent=None) -> int:
+    """Send events, at most ``rate`` per second when given; returns how many were sent."""
+    started = time.monotonic()
+    sent = 0
+    for event in events:
+        if stop is not None and stop.is_set():
+            break
+        producer.send(event)
+        sent += 1
+        if on_sent:
+            on_sent(sent)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                (stop.wait if stop else time.sleep)(ahead)
+    producer.flush()
+    return sent

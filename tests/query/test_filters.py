@@ -1,0 +1,243 @@
+"""The pure SQL builders of ``ievents.query.filters``: what SQL and parameters each filter produces."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+import pytest
+from pydantic import ValidationError
+
+from ievents.query.filters import (
+    Cursor,
+    EventFilter,
+    InvalidFilter,
+    Query,
+    count_query,
+    decode_cursor,
+    encode_cursor,
+    get_query,
+    list_query,
+)
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+EVENT_ID = UUID("0b9f3c1e-5d2a-4c8e-9f41-7a6b2e3d4c5f")
+CURSOR = Cursor(occurred_at=T0, event_id=EVENT_ID)
+
+
+def placeholders(sql: str) -> set[str]:
+    return set(re.findall(r"\{(\w+):", sql))
+
+
+def where_of(query: Query) -> str:
+    match = re.search(r" WHERE (.*?)(?: GROUP BY| ORDER BY|$)", query.sql)
+    return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "condition"),
+    [
+        ("account_id", "acme", "account_id = {account_id:String}"),
+        ("integration_id", "shop-1", "integration_id = {integration_id:String}"),
+        ("status", "failure", "status = {status:String}"),
+        ("type", "order", "type = {type:String}"),
+        ("direction", "pull", "direction = {direction:String}"),
+        ("since", T0, "occurred_at >= {since:DateTime64(3, 'UTC')}"),
+        ("until", T0, "occurred_at < {until:DateTime64(3, 'UTC')}"),
+    ],
+)
+def test_each_field_adds_one_condition_and_binds_its_value(field, value, condition):
+    flt = EventFilter(**{field: value})
+    for query in (list_query(flt), count_query(flt), count_query(flt, "status"), count_query(flt, "type")):
+        assert where_of(query) == condition
+        assert query.parameters[field] == value
+
+
+def test_unfiltered_list_reads_final_newest_first_with_one_extra_row():
+    query = list_query(EventFilter())
+    assert " FROM integration_events FINAL " in query.sql
+    assert " WHERE " not in query.sql
+    assert query.sql.endswith(" ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}")
+    assert query.parameters == {"limit": 51}
+
+
+def test_all_fields_are_anded_in_a_stable_order():
+    flt = EventFilter(
+        account_id="acme",
+        integration_id="shop-1",
+        status="success",
+        type="order",
+        direction="push",
+        since=T0,
+        until=T0 + timedelta(days=1),
+        limit=10,
+    )
+    assert where_of(list_query(flt)).split(" AND ") == [
+        "account_id = {account_id:String}",
+        "integration_id = {integration_id:String}",
+        "status = {status:String}",
+        "type = {type:String}",
+        "direction = {direction:String}",
+        "occurred_at >= {since:DateTime64(3, 'UTC')}",
+        "occurred_at < {until:DateTime64(3, 'UTC')}",
+    ]
+    assert list_query(flt).parameters["limit"] == 11
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        list_query(EventFilter()),
+        list_query(EventFilter(account_id="acme", status="info", since=T0, cursor=encode_cursor(CURSOR))),
+        count_query(EventFilter(type="order", until=T0)),
+        count_query(EventFilter(direction="none"), "status"),
+        count_query(EventFilter(integration_id="rr-1"), "type"),
+        get_query(EVENT_ID),
+        get_query(EVENT_ID, "acme"),
+    ],
+    ids=lambda query: query.sql[:40],
+)
+def test_every_placeholder_has_a_parameter_and_every_parameter_a_placeholder(query):
+    assert placeholders(query.sql) == set(query.parameters)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "x' OR 1=1 --",
+        "acme'); DROP TABLE integration_events; --",
+        "{evil:String}",
+        "`status`",
+        "\\' UNION SELECT * FROM system.users",
+    ],
+)
+def test_user_text_travels_only_as_parameters(hostile):
+    flt = EventFilter(account_id=hostile, integration_id=hostile, type=hostile)
+    for query in (list_query(flt), count_query(flt), count_query(flt, "type"), get_query(EVENT_ID, hostile)):
+        assert hostile not in query.sql
+        assert hostile in query.parameters.values()
+
+
+def test_cursor_round_trips_through_a_url_safe_token():
+    token = encode_cursor(CURSOR)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", token)
+    assert decode_cursor(token) == CURSOR
+    assert json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) == {
+        "occurred_at": "2024-05-01T12:00:00Z",
+        "event_id": str(EVENT_ID),
+    }
+
+
+def test_cursor_keeps_milliseconds_and_its_instant_across_zones():
+    in_paris = datetime(2024, 5, 1, 14, 0, 0, 123000, tzinfo=timezone(timedelta(hours=2)))
+    decoded = decode_cursor(encode_cursor(Cursor(occurred_at=in_paris, event_id=EVENT_ID)))
+    assert decoded.occurred_at == datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+
+
+def test_list_after_a_cursor_continues_strictly_below_it():
+    query = list_query(EventFilter(status="failure", cursor=encode_cursor(CURSOR)))
+    assert where_of(query) == (
+        "status = {status:String} AND "
+        "(occurred_at, event_id) < ({cursor_occurred_at:DateTime64(3, 'UTC')}, {cursor_event_id:UUID})"
+    )
+    assert query.parameters["cursor_occurred_at"] == T0
+    assert query.parameters["cursor_event_id"] == EVENT_ID
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "not base64 at all!",
+        "é",
+        b64("not json"),
+        b64("[1, 2]"),
+        b64('{"occurred_at": "2024-05-01T12:00:00Z"}'),
+        b64('{"occurred_at": "2024-05-01T12:00:00", "event_id": "0b9f3c1e-5d2a-4c8e-9f41-7a6b2e3d4c5f"}'),
+        b64('{"occurred_at": "yesterday", "event_id": "0b9f3c1e-5d2a-4c8e-9f41-7a6b2e3d4c5f"}'),
+        b64('{"occurred_at": "2024-05-01T12:00:00Z", "event_id": "not-a-uuid"}'),
+        encode_cursor(CURSOR)[:-3],
+    ],
+)
+def test_malformed_cursor_is_an_invalid_filter(token):
+    with pytest.raises(InvalidFilter, match="malformed cursor") as raised:
+        decode_cursor(token)
+    assert raised.value.field == "cursor"
+    with pytest.raises(InvalidFilter, match="malformed cursor"):
+        list_query(EventFilter.model_construct(cursor=token, limit=50))
+
+
+def test_counts_ignore_paging_and_group_largest_first():
+    flt = EventFilter(account_id="acme", limit=5, cursor=encode_cursor(CURSOR))
+    total, by_status, by_type = count_query(flt), count_query(flt, "status"), count_query(flt, "type")
+    assert total.sql == "SELECT count() AS n FROM integration_events FINAL WHERE account_id = {account_id:String}"
+    assert by_status.sql.startswith("SELECT status AS key, count() AS n FROM integration_events FINAL WHERE")
+    assert by_status.sql.endswith(" GROUP BY status ORDER BY n DESC, key")
+    assert by_type.sql.endswith(" GROUP BY type ORDER BY n DESC, key")
+    assert total.parameters == by_status.parameters == by_type.parameters == {"account_id": "acme"}
+
+
+def test_counting_by_an_unknown_dimension_is_refused():
+    with pytest.raises(ValueError, match="cannot count by"):
+        count_query(EventFilter(), "message; DROP TABLE integration_events")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("account_id", "where", "parameters"),
+    [
+        (None, "event_id = {event_id:UUID}", {"event_id": EVENT_ID}),
+        (
+            "acme",
+            "event_id = {event_id:UUID} AND account_id = {account_id:String}",
+            {"event_id": EVENT_ID, "account_id": "acme"},
+        ),
+    ],
+)
+def test_get_reads_one_event_optionally_scoped_to_an_account(account_id, where, parameters):
+    for event_id in (EVENT_ID, str(EVENT_ID)):
+        query = get_query(event_id, account_id)
+        assert where_of(query) == where
+        assert query.parameters == parameters
+        assert " FROM integration_events FINAL " in query.sql
+
+
+def test_get_with_a_non_uuid_id_is_an_invalid_filter():
+    with pytest.raises(InvalidFilter, match="is not a UUID") as raised:
+        get_query("42' OR 1=1")
+    assert raised.value.field == "event_id"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"status": "error"}, "Input should be 'info', 'success' or 'failure'"),
+        ({"direction": "sideways"}, "Input should be 'none', 'pull' or 'push'"),
+        ({"since": datetime(2024, 5, 1)}, "Input should have timezone info"),
+        ({"until": "2024-05-01T00:00:00"}, "Input should have timezone info"),
+        ({"since": "last tuesday"}, "Input should be a valid datetime"),
+        ({"limit": 0}, "greater than or equal to 1"),
+        ({"limit": 1001}, "less than or equal to 1000"),
+        ({"since": T0, "until": T0}, "since must be earlier than until"),
+        ({"statuss": "info"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_filters_are_rejected_with_what_is_wrong(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        EventFilter(**fields)
+
+
+def test_blank_form_fields_mean_any():
+    assert EventFilter(status="", type="", since="", limit="") == EventFilter()
+
+
+def test_filter_accepts_query_string_text():
+    flt = EventFilter(since="2024-05-01T14:00:00+02:00", limit="20")
+    assert flt.since == T0
+    assert flt.limit == 20
