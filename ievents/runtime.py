@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ievents.clickhouse import connect
@@ -112,6 +114,16 @@ class EmbeddedStack:
             self._broker.stop()
 
 
+def build_sink(settings: Settings) -> ClickHouseSink:
+    """A sink on its own ClickHouse client (same engine when the DSN is the same chDB folder)."""
+    return ClickHouseSink(
+        bootstrap=settings.kafka_bootstrap, topic=settings.topic_enriched, group=settings.sink_group,
+        dlq_topic=settings.topic_dlq, schemas=schemas_for(settings),
+        client=connect(settings.clickhouse_dsn, settings.clickhouse_database),
+        batch_rows=settings.sink_batch_rows, batch_seconds=settings.sink_batch_seconds,
+    )
+
+
 class SinkService:
     """The sink on a background thread, sharing this process's ClickHouse engine with the query API."""
 
@@ -120,12 +132,7 @@ class SinkService:
         self.client = connect(settings.clickhouse_dsn, settings.clickhouse_database)
         migrate(self.client)
         self._stop = threading.Event()
-        self._sink = ClickHouseSink(
-            bootstrap=settings.kafka_bootstrap, topic=settings.topic_enriched, group=settings.sink_group,
-            dlq_topic=settings.topic_dlq, schemas=schemas_for(settings),
-            client=connect(settings.clickhouse_dsn, settings.clickhouse_database),
-            batch_rows=settings.sink_batch_rows, batch_seconds=settings.sink_batch_seconds,
-        )
+        self._sink = build_sink(settings)
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self.error: BaseException | None = None
 
@@ -144,20 +151,42 @@ class SinkService:
         if self.error is not None:
             raise RuntimeError(f"The sink stopped: {self.error}") from self.error
 
+    def wait(self) -> None:
+        """Block until the sink thread ends (Ctrl-C to stop it)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+        self.check_alive()
+
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(60)
 
 
+def serve_api(settings: Settings, service: SinkService | None = None) -> None:
+    """The query API in the foreground until Ctrl-C; shares ``service``'s ClickHouse engine when given."""
+    import uvicorn
+
+    from ievents.query import create_app
+
+    if service is not None:
+        factory = lambda: service.client  # noqa: E731 - the one engine this process may open
+    else:
+        factory = lambda: connect(settings.clickhouse_dsn, settings.clickhouse_database)  # noqa: E731
+    uvicorn.run(create_app(factory), host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
 def publish(producer: IntegrationEventProducer, events: Iterable[dict], *, rate: float | None = None,
             stop: threading.Event | None = None, on_sent=None) -> int:
-    """Send events, at most ``rate`` per second when given; returns how many were sent."""
+    """Send events, at most ``rate`` per second when given; returns how many were sent.
+
+    Paced events are stamped with the moment they are sent, as a live integration would.
+    """
     started = time.monotonic()
     sent = 0
     for event in events:
         if stop is not None and stop.is_set():
             break
-        producer.send(event)
+        producer.send({**event, "occurred_at": datetime.now(timezone.utc)} if rate else event)
         sent += 1
         if on_sent:
             on_sent(sent)
@@ -167,3 +196,44 @@ def publish(producer: IntegrationEventProducer, events: Iterable[dict], *, rate:
                 (stop.wait if stop else time.sleep)(ahead)
     producer.flush()
     return sent
+
+
+def run_demo(*, events: int, accounts: int, seed: int, timeout: float,
+             on_progress: Callable[[str, int], None] = lambda stage, done: None) -> dict[str, Any]:
+    """Push ``events`` simulated events through a fresh embedded stack and report what became queryable."""
+    import shutil
+    import tempfile
+
+    from ievents.producers.simulator import simulate_events
+    from ievents.query import EventFilter, count_events
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ievents-demo-"))
+    settings = Settings(data_dir=data_dir)
+    report: dict[str, Any] = {"published": 0, "stored": 0}
+    try:
+        with EmbeddedStack(settings) as stack, SinkService(stack.settings) as sink:
+            started = time.monotonic()
+            report["published"] = publish(
+                open_producer(stack.settings), simulate_events(events, accounts=accounts, seed=seed),
+                on_sent=lambda sent: on_progress("publishing", sent) if sent % 1000 == 0 else None,
+            )
+            report["publish_seconds"] = round(time.monotonic() - started, 2)
+            deadline = started + timeout
+            while True:
+                counts = count_events(sink.client, EventFilter())
+                on_progress("stored", counts.total)
+                if counts.total >= report["published"] or time.monotonic() > deadline:
+                    break
+                stack.check_alive()
+                sink.check_alive()
+                time.sleep(0.25)
+            seconds = time.monotonic() - started
+            report.update(
+                stored=counts.total, by_status=counts.by_status, by_type=counts.by_type,
+                seconds=round(seconds, 2), events_per_second=round(counts.total / seconds, 1),
+            )
+            if counts.total < report["published"]:
+                report["error"] = f"only {counts.total} of {report['published']} events stored after {timeout:.0f} s"
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return report

@@ -33,3 +33,38 @@ def clickhouse(clickhouse_dsn, clickhouse_database):
     yield client
     client.command(f"DROP DATABASE IF EXISTS {clickhouse_database}")
     client.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One real Kafka-protocol broker (tansu subprocess) for the whole session."""
+    from ievents.kafka import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as running:
+        yield running
+
+
+@pytest.fixture
+def settings(broker, clickhouse_dsn, clickhouse_database, tmp_path):
+    """Settings with fresh topics, consumer groups and database for one test, topics already created."""
+    from ievents.kafka import ensure_topics
+    from ievents.runtime import topic_partitions
+    from ievents.settings import Settings
+
+    run = uuid.uuid4().hex[:8]
+    test_settings = Settings(
+        data_dir=tmp_path,
+        kafka_bootstrap=broker.bootstrap,
+        topic_raw=f"raw-{run}",
+        topic_enriched=f"enriched-{run}",
+        topic_dlq=f"dlq-{run}",
+        topic_partitions=2,
+        stream_app_id=f"stream-{run}",
+        stream_metrics_port=0,
+        sink_group=f"sink-{run}",
+        sink_batch_seconds=0.5,
+        clickhouse_url=clickhouse_dsn,
+        clickhouse_database=clickhouse_database,
+    )
+    ensure_topics(broker.bootstrap, topic_partitions(test_settings))
+    return test_settings

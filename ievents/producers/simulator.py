@@ -34,7 +34,7 @@ INFO, SUCCESS, FAILURE = "info", "success", "failure"
 # The normal share of each canonical status, for every integration not told to fail.
 STATUS_MIX = {SUCCESS: 0.75, FAILURE: 0.15, INFO: 0.10}
 # How many integrations of each family an account connects (inclusive range).
-CONNECTIONS_PER_FAMILY = {"referral": (1, 2), "commerce": (2, 3)}
+CONNECTIONS_PER_FAMILY = {"referral": (2, 3), "commerce": (2, 3)}
 # Share of events that carry a secret-looking parameter, so redaction has work to do.
 SECRET_PARAMETER_RATE = 0.03
 # Share of events that come without any details JSON.
@@ -97,7 +97,7 @@ def simulate_events_with_truth(
     failing_integration: str | None = None,
     failure_rate: float | None = None,
 ) -> Iterator[tuple[Event, Truth]]:
-    """``count`` pairs of (raw event, truth), truth being ``{"status": ..., "type": ...}`` in canonical words.
+    """``count`` pairs of (raw event, truth): truth is ``{"status": ..., "type": ...}`` in canonical words.
 
     Events are about ``spacing_ms`` apart, jittered within that gap so time
     never goes backwards, from ``start`` (default: so the last one lands about
@@ -143,17 +143,17 @@ def simulate_events(
 
 
 @lru_cache(maxsize=None)
-def _load_catalog(path: Path = INTEGRATIONS_FILE) -> Catalog:
-    """The integrations in ``path``, checked once per process: every outcome must render for every channel it serves."""
-    data = json.loads(path.read_text())
-    channels = {
-        integration["id"]: tuple(_channels_of(integration, data)) for integration in data["integrations"]
-    }
+def _load_catalog() -> Catalog:
+    """The simulated integrations, read and checked once per process."""
+    data = json.loads(INTEGRATIONS_FILE.read_text())
+    integrations = data["integrations"]
+    channels = {integration["id"]: tuple(_channels_of(integration, data)) for integration in integrations}
     for integration_channels in channels.values():
         for channel in integration_channels:
             _check_renders(channel, data["secret_parameters"])
     families = {
-        family: tuple(i["id"] for i in data["integrations"] if i["family"] == family) for family in data["families"]
+        family: tuple(integration["id"] for integration in integrations if integration["family"] == family)
+        for family in data["families"]
     }
     return Catalog(channels, families, tuple(data["secret_parameters"]))
 
@@ -197,7 +197,7 @@ def _connect_accounts(
         for family, (fewest, most) in CONNECTIONS_PER_FAMILY.items():
             ids.extend(rng.sample(catalog.integration_ids_by_family[family], rng.randint(fewest, most)))
         connected.append(ids)
-    if failing_integration and not any(failing_integration in ids for ids in connected):
+    if failing_integration is not None and not any(failing_integration in ids for ids in connected):
         connected[0].append(failing_integration)
     return [
         (f"acct-{number:04d}", tuple(channel for i in ids for channel in catalog.channels[i]))
@@ -208,7 +208,11 @@ def _connect_accounts(
 def _status_cut_points(
     catalog: Catalog, failing_integration: str | None, failure_rate: float | None
 ) -> dict[str, tuple[float, float]]:
-    """Per integration, where one uniform draw stops meaning failure, then info (the rest is success)."""
+    """Per integration, where one uniform draw stops meaning failure, then info (the rest is success).
+
+    ``failure_rate`` applies to ``failing_integration``, or to every
+    integration when none is named; everyone else keeps ``STATUS_MIX``.
+    """
     normal = _cut_points(STATUS_MIX[FAILURE])
     forced = normal if failure_rate is None else _cut_points(failure_rate)
     return {
@@ -223,23 +227,18 @@ def _cut_points(failure_share: float) -> tuple[float, float]:
     return failure_share, failure_share + info_share
 
 
-def _any(rng: random.Random, options: Sequence[Any]) -> Any:
-    """What ``rng.choice`` does, several times faster: the simulator makes about ten such draws per event."""
-    return options[int(rng.random() * len(options))]
-
-
-def _between(rng: random.Random, low: int, high: int) -> int:
-    """What ``rng.randint`` does (both ends included), several times faster."""
-    return low + int(rng.random() * (high - low + 1))
-
-
 def _draw_status(rng: random.Random, cut_points: tuple[float, float]) -> str:
     draw = rng.random()
     return FAILURE if draw < cut_points[0] else INFO if draw < cut_points[1] else SUCCESS
 
 
 def _draw_event(
-    rng: random.Random, catalog: Catalog, account_id: str, channel: Channel, status: str, occurred_at: datetime
+    rng: random.Random,
+    catalog: Catalog,
+    account_id: str,
+    channel: Channel,
+    status: str,
+    occurred_at: datetime,
 ) -> Event:
     """One raw event: the outcome's wording filled with this event's own ids, names and amounts."""
     event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -261,7 +260,7 @@ def _draw_event(
 
 
 def _raw_status(rng: random.Random, channel: Channel, outcome: Outcome) -> str:
-    """The status in the platform's own vocabulary; HTTP-style platforms report a failure's status code."""
+    """The status in the platform's own vocabulary; HTTP-style platforms report a failure's code."""
     if outcome.http_status and channel.failure_from_http_status and outcome.status == FAILURE:
         return outcome.http_status
     return _any(rng, channel.raw_statuses[outcome.status])
@@ -285,10 +284,21 @@ def _parameters(
 def _details(rng: random.Random, channel: Channel, outcome: Outcome, facts: _Facts) -> str | None:
     if rng.random() < MISSING_DETAILS_RATE:
         return None
-    return json.dumps({name: facts[name] for name in channel.details if name not in outcome.without_parameters})
+    fields = {name: facts[name] for name in channel.details if name not in outcome.without_parameters}
+    return json.dumps(fields)
 
 
 # ---------------------------------------------------------------- per-event values
+
+
+def _any(rng: random.Random, options: Sequence[Any]) -> Any:
+    """What ``rng.choice`` does, several times faster: an event takes a dozen such draws."""
+    return options[int(rng.random() * len(options))]
+
+
+def _between(rng: random.Random, low: int, high: int) -> int:
+    """What ``rng.randint`` does (both ends included), several times faster."""
+    return low + int(rng.random() * (high - low + 1))
 
 
 class _Facts(dict):
@@ -310,8 +320,8 @@ class _Facts(dict):
         return value
 
 
-_FIRST_NAMES = ("Jane", "John", "Maria", "Wei", "Aisha", "Lucas", "Olivia", "Mateo", "Priya", "Noah", "Sofia", "Kenji")
-_LAST_NAMES = ("Doe", "Smith", "Garcia", "Chen", "Okafor", "Novak", "Patel", "Silva", "Kim", "Brown", "Jensen", "Rossi")
+_FIRST_NAMES = ("Jane", "John", "Maria", "Wei", "Aisha", "Lucas", "Olivia", "Mateo", "Priya", "Noah", "Sofia")
+_LAST_NAMES = ("Doe", "Smith", "Garcia", "Chen", "Okafor", "Novak", "Patel", "Silva", "Kim", "Brown", "Rossi")
 _EMAIL_DOMAINS = ("example.com", "example.org", "shop.test", "mail.test")
 _CURRENCIES = ("USD", "USD", "USD", "EUR", "GBP", "CAD", "AUD")
 _SKU_STEMS = ("WIDGET", "GADGET", "TSHIRT", "HOODIE", "MUG", "CABLE", "POSTER", "SOCKS")
@@ -321,9 +331,9 @@ _ENDPOINTS = ("/api/v2/referrals", "/api/v2/members", "/api/v2/rewards", "/api/v
 _METHODS = ("POST", "POST", "GET", "PUT")
 _SOURCES = ("checkout", "signup_form", "share_link", "email_invite")
 _USER_AGENTS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Version/17.5 Safari/605.1.15",
 )
 _CONNECTOR_VERSIONS = ("3.4.1", "3.5.0", "4.0.2")
 _TIMEOUTS_MS = ("10000", "30000", "60000")
@@ -373,7 +383,7 @@ _FACT_MAKERS: dict[str, Callable[[_Facts], str]] = {
     "first_name": _pick(_FIRST_NAMES),
     "last_name": _pick(_LAST_NAMES),
     "referral_name": lambda f: f"{f['first_name']} {f['last_name']}",
-    "email": lambda f: f"{f['first_name'].lower()}.{f['last_name'].lower()}@{_any(f.rng, _EMAIL_DOMAINS)}",
+    "email": lambda f: f"{f['first_name']}.{f['last_name']}@{_any(f.rng, _EMAIL_DOMAINS)}".lower(),
     "member_id": _number(1_000, 99_999),
     "referral_code": lambda f: "".join(f.rng.choices(_CODE_ALPHABET, k=6)),
     "ip_address": lambda f: f"203.0.113.{_between(f.rng, 1, 254)}",
@@ -420,12 +430,13 @@ _FACT_MAKERS: dict[str, Callable[[_Facts], str]] = {
 def _channels_of(integration: dict[str, Any], data: dict[str, Any]) -> Iterator[Channel]:
     vocabulary = data["status_vocabularies"][integration["statuses"]]
     family = data["families"][integration["family"]]
+    directions = integration.get("direction_by_type", {})
     for canonical_type, spellings in integration["types"].items():
         yield Channel(
             integration={key: integration[key] for key in ("id", "name", "platform")},
             canonical_type=canonical_type,
             spellings=tuple(spellings),
-            direction=integration.get("direction_by_type", {}).get(canonical_type, integration["direction"]),
+            direction=directions.get(canonical_type, integration["direction"]),
             api_base=integration.get("api_base", ""),
             raw_statuses={status: tuple(vocabulary[status]) for status in STATUS_MIX},
             failure_from_http_status=vocabulary.get("failure_from_http_status", False),
@@ -435,11 +446,14 @@ def _channels_of(integration: dict[str, Any], data: dict[str, Any]) -> Iterator[
         )
 
 
-def _outcomes_for(outcomes: list[dict[str, Any]], integration: dict[str, Any], canonical_type: str) -> dict[str, tuple[Outcome, ...]]:
+def _outcomes_for(
+    outcomes: list[dict[str, Any]], integration: dict[str, Any], canonical_type: str
+) -> dict[str, tuple[Outcome, ...]]:
     """The outcomes open to one integration's events of one type, by status, each repeated by its weight."""
+    platform = integration["platform"]
     by_status: dict[str, list[Outcome]] = {status: [] for status in STATUS_MIX}
     for entry in outcomes:
-        if canonical_type not in entry["types"] or integration["platform"] not in entry.get("platforms", [integration["platform"]]):
+        if canonical_type not in entry["types"] or platform not in entry.get("platforms", [platform]):
             continue
         outcome = Outcome(
             status=entry["status"],
@@ -451,7 +465,7 @@ def _outcomes_for(outcomes: list[dict[str, Any]], integration: dict[str, Any], c
         by_status[outcome.status].extend([outcome] * entry.get("weight", 1))
     missing = [status for status, options in by_status.items() if not options]
     if missing:
-        raise ValueError(f"{INTEGRATIONS_FILE.name}: no {missing} outcome for {integration['id']} {canonical_type}")
+        raise ValueError(f"{INTEGRATIONS_FILE.name}: {integration['id']} {canonical_type} has no {missing} outcome")
     return {status: tuple(options) for status, options in by_status.items()}
 
 
@@ -466,7 +480,8 @@ def _check_renders(channel: Channel, secret_parameters: list[str]) -> None:
             _render(outcome.message, facts)
             _render(outcome.result, facts)
     except (KeyError, ValueError, IndexError) as exc:
-        raise ValueError(f"{INTEGRATIONS_FILE.name}: {channel.integration_id} {channel.canonical_type}: {exc!r}") from exc
+        where = f"{channel.integration_id} {channel.canonical_type}"
+        raise ValueError(f"{INTEGRATIONS_FILE.name}: {where} outcome does not render: {exc!r}") from exc
 
 
 def _check_arguments(
@@ -477,8 +492,12 @@ def _check_arguments(
     failing_integration: str | None,
     failure_rate: float | None,
 ) -> None:
-    if count < 0 or accounts < 1 or spacing_ms < 0:
-        raise ValueError("count and spacing_ms must be >= 0 and accounts >= 1")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if accounts < 1:
+        raise ValueError(f"accounts must be >= 1, got {accounts}")
+    if spacing_ms < 0:
+        raise ValueError(f"spacing_ms must be >= 0, got {spacing_ms}")
     if failing_integration is not None and failing_integration not in catalog.channels:
         raise ValueError(f"unknown integration {failing_integration!r}; known: {', '.join(catalog.channels)}")
     if failing_integration is not None and failure_rate is None:
@@ -488,7 +507,7 @@ def _check_arguments(
 
 
 def _first_timestamp(start: datetime | None, count: int, spacing_ms: int) -> datetime:
-    """``start`` in UTC, cut to the millisecond that Avro's timestamp-millis keeps; default so the run ends now."""
+    """``start`` in UTC, cut to the millisecond Avro's timestamp-millis keeps; by default the run ends now."""
     if start is None:
         start = datetime.now(timezone.utc) - timedelta(milliseconds=count * spacing_ms)
     elif start.tzinfo is None:

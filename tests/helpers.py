@@ -1,0 +1,35 @@
+"""Small waits and readers the integration tests share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, TopicPartition
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, check: Callable[[], None] = lambda: None) -> None:
+    """Poll ``condition`` until true; ``check`` raises early if a component died. Bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        check()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 30.0) -> list:
+    """Messages of a topic read by assign() from the start (no group join), until ``expected`` arrived.
+
+    Counts messages rather than trusting high watermarks, which the embedded broker reports wrongly.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, partition, 0) for partition in range(partitions)])
+    messages = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [m for m in consumer.consume(100, timeout=0.5) if not m.error()]
+    finally:
+        consumer.close()
+    return messages
