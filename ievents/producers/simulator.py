@@ -274,7 +274,8 @@ def _render(template: str | None, facts: _Facts) -> str | None:
 def _parameters(
     rng: random.Random, catalog: Catalog, channel: Channel, outcome: Outcome, facts: _Facts
 ) -> dict[str, str]:
-    parameters = {name: facts[name] for name in channel.parameters if name not in outcome.without_parameters}
+    """The values the integration sent; now and then one that looks secret, for redaction to catch."""
+    parameters = _values(facts, channel.parameters, outcome)
     if rng.random() < SECRET_PARAMETER_RATE:
         secret = _any(rng, catalog.secret_parameters)
         parameters[secret] = facts[secret]
@@ -282,10 +283,15 @@ def _parameters(
 
 
 def _details(rng: random.Random, channel: Channel, outcome: Outcome, facts: _Facts) -> str | None:
+    """Extra metadata as JSON text (the schema keeps it free-form); some integrations send none."""
     if rng.random() < MISSING_DETAILS_RATE:
         return None
-    fields = {name: facts[name] for name in channel.details if name not in outcome.without_parameters}
-    return json.dumps(fields)
+    return json.dumps(_values(facts, channel.details, outcome))
+
+
+def _values(facts: _Facts, names: tuple[str, ...], outcome: Outcome) -> dict[str, str]:
+    """This event's values for ``names``, less those the outcome says the integration left out."""
+    return {name: facts[name] for name in names if name not in outcome.without_parameters}
 
 
 # ---------------------------------------------------------------- per-event values
@@ -309,6 +315,8 @@ class _Facts(dict):
     nothing an event does not use is drawn.
     """
 
+    __slots__ = ("rng", "channel", "occurred_at")
+
     def __init__(self, rng: random.Random, channel: Channel, occurred_at: datetime) -> None:
         super().__init__()
         self.rng = rng
@@ -320,8 +328,8 @@ class _Facts(dict):
         return value
 
 
-_FIRST_NAMES = ("Jane", "John", "Maria", "Wei", "Aisha", "Lucas", "Olivia", "Mateo", "Priya", "Noah", "Sofia")
-_LAST_NAMES = ("Doe", "Smith", "Garcia", "Chen", "Okafor", "Novak", "Patel", "Silva", "Kim", "Brown", "Rossi")
+_FIRST_NAMES = ("Jane", "John", "Maria", "Wei", "Aisha", "Lucas", "Olivia", "Mateo", "Priya", "Noah")
+_LAST_NAMES = ("Doe", "Smith", "Garcia", "Chen", "Okafor", "Novak", "Patel", "Silva", "Kim", "Rossi")
 _EMAIL_DOMAINS = ("example.com", "example.org", "shop.test", "mail.test")
 _CURRENCIES = ("USD", "USD", "USD", "EUR", "GBP", "CAD", "AUD")
 _SKU_STEMS = ("WIDGET", "GADGET", "TSHIRT", "HOODIE", "MUG", "CABLE", "POSTER", "SOCKS")
@@ -465,7 +473,8 @@ def _outcomes_for(
         by_status[outcome.status].extend([outcome] * entry.get("weight", 1))
     missing = [status for status, options in by_status.items() if not options]
     if missing:
-        raise ValueError(f"{INTEGRATIONS_FILE.name}: {integration['id']} {canonical_type} has no {missing} outcome")
+        where = f"{integration['id']} {canonical_type}"
+        raise ValueError(f"{INTEGRATIONS_FILE.name}: {where} has no {', '.join(missing)} outcome")
     return {status: tuple(options) for status, options in by_status.items()}
 
 
@@ -499,7 +508,8 @@ def _check_arguments(
     if spacing_ms < 0:
         raise ValueError(f"spacing_ms must be >= 0, got {spacing_ms}")
     if failing_integration is not None and failing_integration not in catalog.channels:
-        raise ValueError(f"unknown integration {failing_integration!r}; known: {', '.join(catalog.channels)}")
+        known = ", ".join(catalog.channels)
+        raise ValueError(f"unknown integration {failing_integration!r}; known: {known}")
     if failing_integration is not None and failure_rate is None:
         raise ValueError("failing_integration needs a failure_rate")
     if failure_rate is not None and not 0 <= failure_rate <= 1:
@@ -507,7 +517,7 @@ def _check_arguments(
 
 
 def _first_timestamp(start: datetime | None, count: int, spacing_ms: int) -> datetime:
-    """``start`` in UTC, cut to the millisecond Avro's timestamp-millis keeps; by default the run ends now."""
+    """``start`` in UTC, cut to whole milliseconds (all timestamp-millis keeps); by default, ending now."""
     if start is None:
         start = datetime.now(timezone.utc) - timedelta(milliseconds=count * spacing_ms)
     elif start.tzinfo is None:
