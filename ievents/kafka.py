@@ -53,6 +53,11 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def _accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 class EmbeddedBroker:
     """A tansu broker subprocess on 127.0.0.1, memory storage; stopped by PID.
 
@@ -84,18 +89,20 @@ class EmbeddedBroker:
         return self
 
     def _wait_until_ready(self, timeout: float) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        """Wait for the port to accept connections, then for a metadata answer (no client error spam meanwhile)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while not _accepts_connections(self.port):
             if self._process.poll() is not None:
                 raise BrokerError(f"The embedded broker exited with code {self._process.returncode} on start")
-            try:
-                admin.list_topics(timeout=1)
-                return
-            except KafkaException:
-                time.sleep(0.1)
-        self.stop()
-        raise BrokerError(f"The embedded broker did not answer metadata requests within {timeout:.0f} s")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"The embedded broker did not listen on {self.bootstrap} within {timeout:.0f} s")
+            time.sleep(0.05)
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            self.stop()
+            raise BrokerError(f"The embedded broker does not answer metadata requests: {exc}") from exc
 
     @property
     def pid(self) -> int | None:

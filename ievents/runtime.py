@@ -172,7 +172,10 @@ def serve_api(settings: Settings, service: SinkService | None = None) -> None:
         factory = lambda: service.client  # noqa: E731 - the one engine this process may open
     else:
         factory = lambda: connect(settings.clickhouse_dsn, settings.clickhouse_database)  # noqa: E731
-    uvicorn.run(create_app(factory), host=settings.api_host, port=settings.api_port, log_level="warning")
+    try:
+        uvicorn.run(create_app(factory), host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="off")
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is what was asked
 
 
 def publish(producer: IntegrationEventProducer, events: Iterable[dict], *, rate: float | None = None,
