@@ -14,8 +14,11 @@ from ievents.schemas.codec import (
     UnknownSchemaId,
     schema_source,
 )
+from ievents.schemas.dead_letter import REASON_HEADER as DLQ_REASON_HEADER
+from ievents.schemas.dead_letter import dead_letter_headers
 
 __all__ = [
+    "DLQ_REASON_HEADER",
     "ENRICHED",
     "RAW",
     "AvroCodec",
@@ -27,5 +30,6 @@ __all__ = [
     "SchemaError",
     "SchemaSource",
     "UnknownSchemaId",
+    "dead_letter_headers",
     "schema_source",
 ]

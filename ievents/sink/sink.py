@@ -20,12 +20,11 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource
+from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
 TABLE = "integration_events"
-DLQ_REASON_HEADER = "ievents-dlq-reason"
 
 ROWS_INSERTED = Counter("ievents_sink_rows_inserted_total", "Rows inserted into ClickHouse")
 INSERT_ERRORS = Counter("ievents_sink_insert_errors_total", "Failed insert attempts (each retried)")
@@ -131,8 +130,9 @@ class ClickHouseSink:
         DEAD_LETTERS.labels(reason).inc()
         self._dlq.produce(
             self._dlq_topic, key=message.key(), value=message.value(),
-            headers={DLQ_REASON_HEADER: reason, "ievents-dlq-detail": detail[:1000],
-                     "ievents-dlq-source": f"{message.topic()}/{message.partition()}/{message.offset()}"},
+            headers=dead_letter_headers(
+                reason, detail, topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            ),
         )
 
     def store(self, batch: Batch, stop: threading.Event | None = None) -> None:

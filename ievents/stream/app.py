@@ -16,13 +16,9 @@ from datetime import datetime, timezone
 import faust
 from prometheus_client import Counter, Histogram, start_http_server
 
-from ievents.schemas import ENRICHED, RAW, AvroCodec, SchemaError, schema_source
+from ievents.schemas import ENRICHED, RAW, AvroCodec, SchemaError, dead_letter_headers, schema_source
 from ievents.settings import Settings
 from ievents.stream.enrich import Rejected, enrich, validate
-
-DLQ_REASON_HEADER = "ievents-dlq-reason"
-DLQ_DETAIL_HEADER = "ievents-dlq-detail"
-DLQ_SOURCE_HEADER = "ievents-dlq-source"
 
 EVENTS = Counter("ievents_stream_events_total", "Events enriched, by canonical type and status", ["type", "status"])
 DEAD_LETTERS = Counter("ievents_stream_dead_letters_total", "Messages sent to the DLQ, by reason", ["reason"])
@@ -83,11 +79,10 @@ def create_app(settings: Settings) -> faust.App:
                 )
                 if isinstance(outcome, Rejected):
                     DEAD_LETTERS.labels(outcome.reason).inc()
-                    headers = {
-                        DLQ_REASON_HEADER: outcome.reason.encode(),
-                        DLQ_DETAIL_HEADER: outcome.detail.encode(errors="replace")[:1000],
-                        DLQ_SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
-                    }
+                    headers = dead_letter_headers(
+                        outcome.reason, outcome.detail,
+                        topic=message.topic, partition=message.partition, offset=message.offset,
+                    )
                     deliveries.append(await dlq_topic.send(key=message.key, value=message.value, headers=headers))
                 else:
                     value, enriched = outcome

@@ -8,7 +8,7 @@ from confluent_kafka import Producer
 from helpers import read_topic, wait_for
 from ievents.producers.simulator import simulate_events_with_truth
 from ievents.runtime import SinkService, open_producer, publish, start_stream_worker, stop_process
-from ievents.stream.app import DLQ_REASON_HEADER
+from ievents.schemas import DLQ_REASON_HEADER
 
 pytestmark = pytest.mark.integration
 
