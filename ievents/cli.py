@@ -21,6 +21,8 @@ from ievents.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 events_app = typer.Typer(no_args_is_help=True, help="List and count events in the Integration Events log.")
 app.add_typer(events_app, name="events")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each against a baseline measured in the same run.")
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -51,11 +53,13 @@ def main() -> None:
 
 
 @app.command()
-def stream() -> None:
+def stream(
+    passthrough: Annotated[bool, typer.Option(hidden=True, help="Forward bytes unchanged (benchmark baseline).")] = False,
+) -> None:
     """Run the Faust stream worker (raw topic -> enriched topic / DLQ) in the foreground."""
     from ievents.stream.app import run_worker
 
-    run_worker(Settings())
+    run_worker(Settings(), passthrough=passthrough)
 
 
 @app.command()
@@ -188,6 +192,23 @@ def demo(
         _print_mapping(report, "demo")
     if report["stored"] != report["published"]:
         raise fail(report.get("error") or f"stored {report['stored']} of {report['published']} events")
+
+
+@bench_app.command("stream")
+def bench_stream_command(
+    events: Annotated[int, typer.Option(help="Events through each side.")] = 50_000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Events/s through the enrichment worker vs a bare Faust passthrough on the same broker and bytes."""
+    from ievents.bench import bench_stream
+
+    with progress_bar("bench", events) as progress:
+        task = progress.add_task("preparing", total=events)
+        result = bench_stream(events, on_progress=lambda side, n: progress.update(task, description=side, completed=n))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_mapping(result, "bench stream")
 
 
 def _require_bootstrap(settings: Settings) -> Settings:

@@ -50,11 +50,11 @@ def open_producer(settings: Settings) -> IntegrationEventProducer:
     return IntegrationEventProducer(settings.kafka_bootstrap, settings.topic_raw, schemas_for(settings))
 
 
-def start_stream_worker(settings: Settings, log_path=None) -> subprocess.Popen:
+def start_stream_worker(settings: Settings, log_path=None, passthrough: bool = False) -> subprocess.Popen:
     """``ievents stream`` as a child process in its own process group (so it is stopped with its children)."""
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "ievents", "stream"],
+        [sys.executable, "-m", "ievents", "stream", *(["--passthrough"] if passthrough else [])],
         env={**os.environ, **settings_env(settings)},
         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )

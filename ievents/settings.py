@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     stream_batch_size: int = 500
     stream_batch_seconds: float = 0.2
     stream_metrics_port: int = 9101
+    stream_max_message_bytes: int = 1_000_000
+    stream_max_future_seconds: float = 86_400
+    stream_window_seconds: int = 60
 
     # Sink.
     sink_group: str = "ievents-sink"
@@ -61,5 +64,16 @@ class Settings(BaseSettings):
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
+    def stream_counts_topic(self) -> str:
+        """Per-batch (integration, status) counts, keyed by integration so one worker owns each integration."""
+        return f"{self.stream_app_id}-status-counts"
+
+    @property
+    def stream_table_changelog(self) -> str:
+        """Faust's changelog of the windowed counts table (named by Faust's convention)."""
+        return f"{self.stream_app_id}-integration_status_counts-changelog"
+
+    @property
     def topics(self) -> list[str]:
-        return [self.topic_raw, self.topic_enriched, self.topic_dlq]
+        """Every topic the pipeline needs, created up front (the stream worker declares none itself)."""
+        return [self.topic_raw, self.topic_enriched, self.topic_dlq, self.stream_counts_topic, self.stream_table_changelog]

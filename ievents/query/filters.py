@@ -38,6 +38,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "integration_id",
     "integration_name",
     "integration_platform",
+    "product_family",
     "occurred_at",
     "type",
     "type_raw",

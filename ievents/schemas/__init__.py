@@ -15,7 +15,7 @@ from ievents.schemas.codec import (
     schema_source,
 )
 from ievents.schemas.dead_letter import REASON_HEADER as DLQ_REASON_HEADER
-from ievents.schemas.dead_letter import dead_letter_headers
+from ievents.schemas.dead_letter import dead_letter
 
 __all__ = [
     "DLQ_REASON_HEADER",
@@ -30,6 +30,6 @@ __all__ = [
     "SchemaError",
     "SchemaSource",
     "UnknownSchemaId",
-    "dead_letter_headers",
+    "dead_letter",
     "schema_source",
 ]

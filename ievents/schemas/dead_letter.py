@@ -10,13 +10,28 @@ from __future__ import annotations
 REASON_HEADER = "ievents-dlq-reason"
 DETAIL_HEADER = "ievents-dlq-detail"
 SOURCE_HEADER = "ievents-dlq-source"
+ORIGINAL_SIZE_HEADER = "ievents-dlq-original-size"
 MAX_DETAIL_BYTES = 1000
+# Below Kafka's default 1 MiB request limit, so a dead letter always fits where its original did not.
+MAX_VALUE_BYTES = 512 * 1024
 
 
-def dead_letter_headers(reason: str, detail: str, *, topic: str, partition: int, offset: int) -> dict[str, bytes]:
-    """Headers for a rejected message: short machine reason, human detail, and where it came from."""
-    return {
+def dead_letter(
+    value: bytes | None, reason: str, detail: str, *, topic: str, partition: int, offset: int,
+) -> tuple[bytes | None, dict[str, bytes]]:
+    """The value and headers to send for a rejected message.
+
+    Headers carry the short machine reason, the human detail and where the
+    message came from. A value too large to send is cut to ``MAX_VALUE_BYTES``
+    and its original size recorded, so an oversized message cannot make its own
+    dead letter fail.
+    """
+    headers = {
         REASON_HEADER: reason.encode(),
         DETAIL_HEADER: detail.encode(errors="replace")[:MAX_DETAIL_BYTES],
         SOURCE_HEADER: f"{topic}/{partition}/{offset}".encode(),
     }
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        headers[ORIGINAL_SIZE_HEADER] = str(len(value)).encode()
+        value = value[:MAX_VALUE_BYTES]
+    return value, headers

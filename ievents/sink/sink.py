@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter_headers
+from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,10 @@ class ClickHouseSink:
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         DEAD_LETTERS.labels(reason).inc()
-        self._dlq.produce(
-            self._dlq_topic, key=message.key(), value=message.value(),
-            headers=dead_letter_headers(
-                reason, detail, topic=message.topic(), partition=message.partition(), offset=message.offset(),
-            ),
+        value, headers = dead_letter(
+            message.value(), reason, detail, topic=message.topic(), partition=message.partition(), offset=message.offset(),
         )
+        self._dlq.produce(self._dlq_topic, key=message.key(), value=value, headers=headers)
 
     def store(self, batch: Batch, stop: threading.Event | None = None) -> None:
         """Insert the batch, retrying ClickHouse errors with exponential backoff and jitter."""

@@ -5,48 +5,87 @@ batch is handed to the producer and its delivery awaited before the batch's
 source offsets are acknowledged, so Faust only commits offsets whose output
 is already in Kafka. A crash replays the unacknowledged batch; the sink's
 deduplication on event_id makes the replay invisible.
+
+Failure counting: per-event table writes would cost more than the enrichment
+itself, so each batch sends one (integration, status, count) message per pair
+it saw to an internal topic keyed by integration; a second agent adds them to
+a windowed table (tumbling window, changelog-backed, windows placed by the
+count message's timestamp, i.e. processing time). Keying by integration
+puts all of one integration's counts on one worker, so its failure-ratio
+gauge is the whole truth, not a share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from collections import Counter as Tally
+from datetime import datetime, timedelta, timezone
 
 import faust
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from ievents.schemas import ENRICHED, RAW, AvroCodec, SchemaError, dead_letter_headers, schema_source
+from ievents.schemas import ENRICHED, RAW, AvroCodec, SchemaError, dead_letter, schema_source
 from ievents.settings import Settings
+from ievents.stream.classify import FAILURE, INFO, SUCCESS
 from ievents.stream.enrich import Rejected, enrich, validate
 
-EVENTS = Counter("ievents_stream_events_total", "Events enriched, by canonical type and status", ["type", "status"])
+EVENTS = Counter(
+    "ievents_stream_events_total", "Events enriched, by integration, canonical type and status",
+    ["integration", "type", "status"],
+)
 DEAD_LETTERS = Counter("ievents_stream_dead_letters_total", "Messages sent to the DLQ, by reason", ["reason"])
 BATCH_SECONDS = Histogram("ievents_stream_batch_duration_seconds", "Time to enrich and deliver one batch")
+EVENT_DELAY = Histogram(
+    "ievents_stream_event_delay_seconds", "From occurred_at to enriched, per event",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+FAILURE_RATIO = Gauge(
+    "ievents_stream_integration_failure_ratio",
+    "Failures / events of an integration in the current counting window", ["integration"],
+)
+
+
+class StatusCount(faust.Record, serializer="json"):
+    integration: str
+    status: str
+    count: int
 
 
 def process_message(
-    value: bytes | None, *, partition: int, offset: int, processed_at: datetime,
+    value: bytes | None, *, partition: int, offset: int, processed_at: datetime, settings: Settings,
     raw_codec: AvroCodec, enriched_codec: AvroCodec,
 ) -> tuple[bytes, dict] | Rejected:
     """Encoded enriched event and the event itself, or why the message is rejected."""
+    if value is not None and len(value) > settings.stream_max_message_bytes:
+        return Rejected("oversized", f"{len(value)} bytes > limit of {settings.stream_max_message_bytes}")
     try:
         raw = raw_codec.decode(value)
     except SchemaError as exc:
         return Rejected(exc.reason, str(exc))
-    rejected = validate(raw)
+    rejected = validate(raw, now=processed_at, max_future=timedelta(seconds=settings.stream_max_future_seconds))
     if rejected:
         return rejected
-    enriched = enrich(raw, partition=partition, offset=offset, processed_at=processed_at)
-    return enriched_codec.encode(enriched), enriched
+    try:
+        enriched = enrich(raw, partition=partition, offset=offset, processed_at=processed_at)
+        return enriched_codec.encode(enriched), enriched
+    except Exception as exc:  # a bug or an input no rule foresaw: the event is parked, the worker goes on
+        return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
 
 
-def create_app(settings: Settings) -> faust.App:
-    """A Faust app wired to the topics and schema source in ``settings``."""
-    app = faust.App(
-        settings.stream_app_id,
+def failure_ratio(counts: dict[str, int]) -> float:
+    """Failures over all events of one integration's window; 0 when it saw nothing."""
+    total = sum(counts.values())
+    return counts.get(FAILURE, 0) / total if total else 0.0
+
+
+def base_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    """A Faust app with the settings every worker of ours runs with (also the benchmark's baseline)."""
+    return faust.App(
+        app_id or settings.stream_app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=str(settings.data_dir / "faust"),
+        store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
         topic_allow_declare=False,
@@ -58,9 +97,23 @@ def create_app(settings: Settings) -> faust.App:
         producer_compression_type="lz4",
         producer_linger=0.005,
     )
-    raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    enriched_topic = app.topic(settings.topic_enriched, key_serializer="raw", value_serializer="raw")
-    dlq_topic = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+
+
+def raw_bytes_topic(app: faust.App, name: str) -> faust.TopicT:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The enrichment worker wired to the topics and schema source in ``settings``."""
+    app = base_app(settings)
+    raw_topic = raw_bytes_topic(app, settings.topic_raw)
+    enriched_topic = raw_bytes_topic(app, settings.topic_enriched)
+    dlq_topic = raw_bytes_topic(app, settings.topic_dlq)
+    counts_topic = app.topic(settings.stream_counts_topic, key_type=str, value_type=StatusCount)
+    window = settings.stream_window_seconds
+    status_counts = app.Table(
+        "integration_status_counts", default=int, partitions=settings.topic_partitions,
+    ).tumbling(window, expires=timedelta(seconds=window * 10)).relative_to_stream()
     subjects = {RAW: f"{settings.topic_raw}-value", ENRICHED: f"{settings.topic_enriched}-value"}
     schemas = schema_source(settings.schema_registry_url, subjects)
     raw_codec, enriched_codec = AvroCodec(schemas, RAW), AvroCodec(schemas, ENRICHED)
@@ -71,26 +124,42 @@ def create_app(settings: Settings) -> faust.App:
             started = time.perf_counter()
             processed_at = datetime.now(timezone.utc)
             deliveries = []
+            tally: Tally[tuple[str, str]] = Tally()
             for event in events:
                 message = event.message
                 outcome = process_message(
-                    message.value, partition=message.partition, offset=message.offset,
-                    processed_at=processed_at, raw_codec=raw_codec, enriched_codec=enriched_codec,
+                    message.value, partition=message.partition, offset=message.offset, processed_at=processed_at,
+                    settings=settings, raw_codec=raw_codec, enriched_codec=enriched_codec,
                 )
                 if isinstance(outcome, Rejected):
                     DEAD_LETTERS.labels(outcome.reason).inc()
-                    headers = dead_letter_headers(
-                        outcome.reason, outcome.detail,
+                    value, headers = dead_letter(
+                        message.value, outcome.reason, outcome.detail,
                         topic=message.topic, partition=message.partition, offset=message.offset,
                     )
-                    deliveries.append(await dlq_topic.send(key=message.key, value=message.value, headers=headers))
-                else:
-                    value, enriched = outcome
-                    EVENTS.labels(enriched["type"], enriched["status"]).inc()
-                    deliveries.append(await enriched_topic.send(key=enriched["account_id"].encode(), value=value))
+                    deliveries.append(await dlq_topic.send(key=message.key, value=value, headers=headers))
+                    continue
+                value, enriched = outcome
+                integration = enriched["integration"]["id"]
+                EVENTS.labels(integration, enriched["type"], enriched["status"]).inc()
+                EVENT_DELAY.observe((processed_at - enriched["occurred_at"]).total_seconds())
+                tally[integration, enriched["status"]] += 1
+                deliveries.append(await enriched_topic.send(key=enriched["account_id"].encode(), value=value))
+            for (integration, status), count in tally.items():
+                deliveries.append(await counts_topic.send(
+                    key=integration, value=StatusCount(integration=integration, status=status, count=count)))
             # Acks (and so offset commits) happen when this loop body ends: wait for Kafka first.
             await asyncio.gather(*deliveries)
             BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    @app.agent(counts_topic)
+    async def count_statuses(counts):
+        async for count in counts:
+            status_counts[f"{count.integration}/{count.status}"] += count.count
+            window_counts = {
+                status: status_counts[f"{count.integration}/{status}"].current() for status in (INFO, SUCCESS, FAILURE)
+            }
+            FAILURE_RATIO.labels(count.integration).set(failure_ratio(window_counts))
 
     @app.task
     async def serve_metrics() -> None:
@@ -100,11 +169,28 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings) -> None:
-    """Run the stream worker in the foreground until SIGINT/SIGTERM (which stop it gracefully)."""
+def create_passthrough_app(settings: Settings) -> faust.App:
+    """The benchmark's baseline: same Faust settings and batching, bytes forwarded unchanged."""
+    app = base_app(settings, f"{settings.stream_app_id}-passthrough")
+    raw_topic = raw_bytes_topic(app, settings.topic_raw)
+    enriched_topic = raw_bytes_topic(app, settings.topic_enriched)
+
+    @app.agent(raw_topic)
+    async def forward(stream):
+        async for events in stream.take_events(settings.stream_batch_size, within=settings.stream_batch_seconds):
+            deliveries = [await enriched_topic.send(key=e.message.key, value=e.message.value) for e in events]
+            await asyncio.gather(*deliveries)
+
+    return app
+
+
+def run_worker(settings: Settings, passthrough: bool = False) -> None:
+    """Run a stream worker in the foreground until SIGINT/SIGTERM (which stop it gracefully)."""
+    import uvloop
     from faust.worker import Worker
 
     if not settings.kafka_bootstrap:
         raise SystemExit("Set IEVENTS_KAFKA_BOOTSTRAP to the Kafka address the stream worker should consume from.")
-    app = create_app(settings)
+    uvloop.install()
+    app = create_passthrough_app(settings) if passthrough else create_app(settings)
     Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

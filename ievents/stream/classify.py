@@ -28,10 +28,22 @@ class StatusRules:
     info_messages: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class TypeRules:
+    platform_types: dict[str, dict[str, str]]
+    patterns: tuple[tuple[str, re.Pattern], ...]
+
+
 @lru_cache(maxsize=None)
-def type_rules(path: Path = RULES_DIR / "types.json") -> tuple[tuple[str, re.Pattern], ...]:
-    rules = json.loads(path.read_text())["rules"]
-    return tuple((rule["type"], re.compile("|".join(rule["patterns"]))) for rule in rules)
+def type_rules(path: Path = RULES_DIR / "types.json") -> TypeRules:
+    data = json.loads(path.read_text())
+    return TypeRules(
+        platform_types={
+            platform.lower(): {raw.lower(): canonical for raw, canonical in names.items()}
+            for platform, names in data["platform_types"].items()
+        },
+        patterns=tuple((rule["type"], re.compile("|".join(rule["patterns"]))) for rule in data["rules"]),
+    )
 
 
 @lru_cache(maxsize=None)
@@ -47,31 +59,44 @@ def _words(text: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def classify_type(raw_type: str) -> str:
-    """The canonical type for an integration's own name of an event; ``other`` when no rule matches."""
+def classify_type(raw_type: str, platform: str | None = None) -> str:
+    """The canonical type for an integration's own name of an event; ``other`` when no rule matches.
+
+    A platform's own event names (Stripe's ``charge.succeeded`` is a conversion)
+    are looked up first; the generic patterns cover everyone else.
+    """
+    rules = type_rules()
+    specific = rules.platform_types.get((platform or "").lower(), {}).get((raw_type or "").lower())
+    if specific:
+        return specific
     words = _words(raw_type or "")
-    for canonical, pattern in type_rules():
+    for canonical, pattern in rules.patterns:
         if pattern.search(words):
             return canonical
     return OTHER_TYPE
 
 
-def normalise_status(raw_status: str | None, message: str | None = None) -> str:
+def normalise_status(raw_status: str | None, message: str | None = None, result: str | None = None) -> str:
     """``info`` | ``success`` | ``failure`` from a platform's status word or HTTP code.
 
     A platform's ``error`` is our ``failure``. The referral products' rule comes
     first: an event captured without creating anything (not a valid member
     referral link, a fraud rule fired) is ``info`` whatever status word came
-    with it. An unknown word is not evidence of success or failure, so it is
-    ``info`` too.
+    with it, whether the message or the result says so. A status word we do not
+    know defers to the result (``{"status": "done", "result": "failed"}``), and
+    when neither is known the event is ``info``: an unknown word is not
+    evidence of success or failure.
     """
     rules = status_rules()
-    lowered_message = (message or "").lower()
-    if any(phrase in lowered_message for phrase in rules.info_messages):
+    said = f"{message or ''} {result or ''}".lower()
+    if any(phrase in said for phrase in rules.info_messages):
         return INFO
-    status = _words(raw_status or "")
-    code = _HTTP_CODE.match(status)
-    if code:
-        value = int(code.group(1))
-        return SUCCESS if 200 <= value < 300 else FAILURE if value >= 400 else INFO
-    return rules.words.get(status, INFO)
+    for reported in (raw_status, result):
+        status = _words(reported or "")
+        code = _HTTP_CODE.match(status)
+        if code:
+            value = int(code.group(1))
+            return SUCCESS if 200 <= value < 300 else FAILURE if value >= 400 else INFO
+        if status in rules.words:
+            return rules.words[status]
+    return INFO

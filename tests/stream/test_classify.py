@@ -36,6 +36,21 @@ def test_classify_type(raw_type, expected):
 
 
 @pytest.mark.parametrize(
+    ("raw_type", "platform", "expected"),
+    [
+        ("charge.succeeded", "Stripe", "conversion"),
+        ("CHARGE.SUCCEEDED", "stripe", "conversion"),
+        ("charge.succeeded", "Shopify", "other"),  # only Stripe's own vocabulary says what a charge is
+        ("deal.creation", "HubSpot", "conversion"),
+        ("contact.creation", "HubSpot", "customer"),
+        ("orders/create", "Stripe", "order"),  # generic rules still apply on a platform with its own table
+    ],
+)
+def test_classify_type_uses_a_platforms_own_event_names_first(raw_type, platform, expected):
+    assert classify_type(raw_type, platform) == expected
+
+
+@pytest.mark.parametrize(
     ("raw_status", "message", "expected"),
     [
         ("success", None, "success"),
@@ -61,6 +76,8 @@ def test_classify_type(raw_type, expected):
         ("", None, "info"),
         (None, None, "info"),
         ("something new", None, "info"),
+        ("done", None, "success"),
+        ("false", None, "failure"),
         # Captured, but nothing created: info whatever the status word says.
         ("success", "Not a valid member referral link", "info"),
         ("failed", "Fraud rule triggered: same IP as referrer (203.0.113.7)", "info"),
@@ -68,3 +85,17 @@ def test_classify_type(raw_type, expected):
 )
 def test_normalise_status(raw_status, message, expected):
     assert normalise_status(raw_status, message) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw_status", "result", "expected"),
+    [
+        ("processed", "failed", "failure"),  # unknown status word: the result decides
+        ("processed", "200", "success"),
+        ("success", "No referral created", "info"),  # the referral rule reads the result too
+        ("processed", "whatever", "info"),
+        ("error", "ok", "failure"),  # a known status wins over the result
+    ],
+)
+def test_normalise_status_reads_the_result_when_the_status_says_nothing(raw_status, result, expected):
+    assert normalise_status(raw_status, None, result) == expected
