@@ -52,6 +52,8 @@ def open_producer(settings: Settings) -> IntegrationEventProducer:
 
 def start_stream_worker(settings: Settings, log_path=None, passthrough: bool = False) -> subprocess.Popen:
     """``ievents stream`` as a child process in its own process group (so it is stopped with its children)."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "ievents", "stream", *(["--passthrough"] if passthrough else [])],

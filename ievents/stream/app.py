@@ -124,7 +124,7 @@ def create_app(settings: Settings) -> faust.App:
             started = time.perf_counter()
             processed_at = datetime.now(timezone.utc)
             deliveries = []
-            tally: Tally[tuple[str, str]] = Tally()
+            tally: Tally[tuple[str, str, str]] = Tally()  # (integration, type, status) -> events in this batch
             for event in events:
                 message = event.message
                 outcome = process_message(
@@ -140,12 +140,14 @@ def create_app(settings: Settings) -> faust.App:
                     deliveries.append(await dlq_topic.send(key=message.key, value=value, headers=headers))
                     continue
                 value, enriched = outcome
-                integration = enriched["integration"]["id"]
-                EVENTS.labels(integration, enriched["type"], enriched["status"]).inc()
+                tally[enriched["integration"]["id"], enriched["type"], enriched["status"]] += 1
                 EVENT_DELAY.observe((processed_at - enriched["occurred_at"]).total_seconds())
-                tally[integration, enriched["status"]] += 1
                 deliveries.append(await enriched_topic.send(key=enriched["account_id"].encode(), value=value))
-            for (integration, status), count in tally.items():
+            by_status: Tally[tuple[str, str]] = Tally()
+            for (integration, canonical_type, status), count in tally.items():
+                EVENTS.labels(integration, canonical_type, status).inc(count)
+                by_status[integration, status] += count
+            for (integration, status), count in by_status.items():
                 deliveries.append(await counts_topic.send(
                     key=integration, value=StatusCount(integration=integration, status=status, count=count)))
             # Acks (and so offset commits) happen when this loop body ends: wait for Kafka first.

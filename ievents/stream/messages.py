@@ -56,6 +56,13 @@ _FINGERPRINT_BYTES = 8  # 16 hex characters
 
 @dataclass(frozen=True)
 class NormalisedMessage:
+    """What one platform message normalises to; every field is "" / () when there is no message.
+
+    ``masked`` names the placeholder kinds in the template (``"email"``,
+    ``"num"``...), in order of first appearance, each once: handy for
+    debugging a grouping and for a UI that highlights what varied.
+    """
+
     template: str
     category: str
     fingerprint: str
@@ -83,14 +90,18 @@ def category_rules(path: Path = RULES_DIR / "error_categories.json") -> tuple[tu
     for rule in rules:
         if rule["category"] not in CATEGORIES:
             raise ValueError(f"{path.name}: unknown category {rule['category']!r}")
-        body = "|".join(f"(?:{p})" for p in rule["patterns"])
+        body = "|".join(f"(?:{pattern})" for pattern in rule["patterns"])
         compiled.append((rule["category"], re.compile(f"{_RULE_START}(?i:{body})")))
     return tuple(compiled)
 
 
 @lru_cache(maxsize=8192)
 def _categorise(template: str) -> str:
-    """The first matching rule's category; cached because far fewer templates than messages exist."""
+    """The first matching rule's category.
+
+    Cached by template: far fewer templates than messages exist, and trying
+    every rule costs tens of microseconds the first time a template is seen.
+    """
     for category, pattern in category_rules():
         if pattern.search(template):
             return category
@@ -165,7 +176,8 @@ def first_meaningful_line(message: str) -> str:
         found = _python_exception_line(lines)
         if found:
             return " ".join(found.split())
-    meaningful = [s for s in (line.strip() for line in lines) if s and not _is_boilerplate(s)]
+    stripped = [s for s in (line.strip() for line in lines) if s]
+    meaningful = [s for s in stripped if not _is_boilerplate(s)] or stripped[:1]
     if not meaningful:
         return ""
     first = meaningful[0]
@@ -186,6 +198,7 @@ _CURRENCY_CODES = (
     "USD|EUR|GBP|CAD|AUD|NZD|JPY|CNY|CHF|SEK|NOK|DKK|PLN|CZK|HUF|BRL|MXN|INR|HKD|SGD|ZAR|"
     "AED|SAR|ILS|KRW|RUB|RON|BGN|ARS|CLP|THB|IDR|MYR"
 )
+_CODE_AHEAD = r"(?=[A-Za-z]{3}(?![A-Za-z]))"  # three letters, then the 35 codes
 _CURRENCY_SIGN = r"(?:[$€£¥₹₩₽₺₪]|(?:US|CA|AU|NZ|HK|S|R)\$)"
 _NUMBER = r"\d+(?:[.,\u202f\u00a0]\d+)*"
 # An HTTP status is meaning, not a variable: "401 Unauthorized" and "404 Not
@@ -209,30 +222,31 @@ _TECH_WORDS = (
 )
 
 # One pass over the line. Each entry: (kind, pattern, where it can start):
-# "w" a plain word (letters then a space or punctuation), "t" a letter-led
-# token with more in it (digits, "_", "@", ".", ":"), "d" a digit, "p" anything
-# else (quotes, "#", "+", "$", "-"). The pass dispatches on the first character
-# and, within a class, tries entries in this order (earlier = more specific).
-# The kind is the placeholder, except ``keep*`` (left as is) and the ``*_ctx``
-# ones (keep their context prefix).
+# "l" / "u" a word starting lower / upper case, "t" a letter-led token with
+# more than letters in it (digits, "_", "@", ".", ":"), "d" a digit, "p"
+# anything else (quotes, "#", "+", "$", "-"). The pass dispatches on the first
+# character and, within a class, tries entries in this order (earlier = more
+# specific). The kind is the placeholder, except ``keep*`` (left as is) and the
+# ``*_ctx`` ones (their context words are kept, the value after them masked).
+# The look-aheads opening some patterns only make a failing try fail sooner.
 _MASKS = [
-    ("keep_code", rf"{_HTTP_CODE}\]?\)?\s?[:-]?\s?{_REASON}\b", "d"),
-    ("keep_reason", rf"(?=[ABCFGILMNOPRTUW]){_REASON}\s?(?:[\[(]|[:-]\s?[\[(]?){_HTTP_CODE}\b", "w"),
+    ("keep_code", rf"(?=[1-5]\d\d\W)(?=\d{{3}}\]?\)?\s?[:-]?\s?[A-Z]){_HTTP_CODE}\]?\)?\s?[:-]?\s?{_REASON}\b", "d"),
+    ("keep_reason", rf"(?=[ABCFGILMNOPRTUW]){_REASON}\s?(?:[\[(]|[:-]\s?[\[(]?){_HTTP_CODE}\b", "u"),
     ("keep_ctx", rf"(?=[HSsEeRrCc\"fa])(?:(?:HTTP(?:/\d(?:\.\d)?)?|[Ss]tatus(?:[ _-]?[Cc]ode)?|\"status(?:_?[Cc]ode)?\"|[Ee]rror|[Rr]esponse|[Cc]ode)"
                  rf"\s?[:=]?\s?[\[(]?{_HTTP_CODE}\b"
                  rf"|(?:responded|replied|failed|answered) with(?: an?)?(?: HTTP| status)?(?: code)? [45]\d\d\b(?![.,]\d)"
-                 rf"|returned(?: an?)?(?: HTTP| status)(?: code)? [45]\d\d\b(?![.,]\d))", "wtp"),
-    ("keep_word", rf"(?:{_TECH_WORDS})(?![\w-])", "td"),
+                 rf"|returned(?: an?)?(?: HTTP| status)(?: code)? [45]\d\d\b(?![.,]\d))", "lutp"),
+    ("keep_word", rf"(?=[ABEHIMOPRSTUWvx23])(?:{_TECH_WORDS})(?![\w-])", "td"),
     ("url", r"(?:https?|ftp|wss?|sftp)://[^\s<>\"'`()\[\]{}]*[^\s<>\"'`()\[\]{}.,;:!?]", "t"),
     # Lenient on purpose: "invalid email" messages quote invalid addresses ("jane@example").
     ("email", r"(?<![\w.%+'-])(?=[\w.%+'-]*@)[\w.%+'-]+@+[\w-]+(?:\.[\w-]+)*", "td"),
-    ("uuid", r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}(?![\w-])", "td"),
+    ("uuid", r"(?=[0-9a-fA-F]{8})[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}(?![\w-])", "td"),
     ("ip",
      r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?!\w|\.\d|:\d)"
-     r"|\[?(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}"
+     r"|(?=\[?[0-9a-fA-F]{0,4}:)\[?(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}"
      r"|(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4}){0,5})?"
      r"|::(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4}){0,6})?)(?:\]:\d{1,5})?\]?(?!\w|:[0-9a-fA-F]))", "tdp"),
-    ("host", r"(?<![\w.@/-])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    ("host", r"(?<![\w.@/-])(?=[\w-]*\.[A-Za-z])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
              r"(?:com|net|org|io|co|dev|app|shop|store|test|example|local|internal|info|biz|us|uk|de|fr|ca|au|eu|nl|jp|cloud|ai)"
              r"(?::\d{1,5})?(?![\w-]|\.\w)", "td"),
     ("timestamp",
@@ -243,7 +257,7 @@ _MASKS = [
      rf"|(?:{_WEEKDAY})?\d{{1,2}}\s{_MONTH}\s\d{{4}}(?:,?\s{_TIME})?"       # Mon, 01 Jan 2024 10:00:00 GMT
      rf"|(?:{_WEEKDAY})?{_MONTH}\s\d{{1,2}}(?:st|nd|rd|th)?,?\s(?:\d{{4}}|{_TIME})(?:,?\s{_TIME})?(?:\s\d{{4}})?"  # Jan 2, 2024
      rf"|\d{{1,2}}:\d{{2}}:\d{{2}}(?:[.,]\d+)?(?:\s?(?:Z|UTC|GMT|[+-]\d{{2}}:?\d{{2}}))?"  # 10:00:00
-     rf")(?![\w/-])", "dwt"),
+     rf")(?![\w/-])", "dut"),
     # International phone numbers ("+44 20 7946 0958"): only with the "+", so that runs of numbers stay numbers.
     ("phone", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,6}(?![\w])", "p"),
     ("quoted_dq", r"\"[^\"\n]{0,300}\"", "p"),
@@ -251,25 +265,25 @@ _MASKS = [
                r"|„[^“\n]{0,300}“|`[^`'\n]{0,300}[`']|「[^」\n]{0,300}」", "p"),
     ("amount",
      rf"(?<![\w.,])(?=[^a-z])(?:[-+−]?\s?{_CURRENCY_SIGN}\s?[-+−]?{_NUMBER}"
-     rf"(?:\s?(?i:{_CURRENCY_CODES})\b)?"
-     rf"|[-+−]?{_NUMBER}\s?(?:[€£¥₹₩₽₺₪$]|(?i:{_CURRENCY_CODES})\b)"
-     rf"|(?:{_CURRENCY_CODES})\s?[-+−]?{_NUMBER})(?![\w])", "dpwt"),
+     rf"(?:\s?{_CODE_AHEAD}(?i:{_CURRENCY_CODES})\b)?"
+     rf"|[-+−]?{_NUMBER}\s?(?:[€£¥₹₩₽₺₪$]|{_CODE_AHEAD}(?i:{_CURRENCY_CODES})\b)"
+     rf"|(?=[A-Z]{{3}}\s?[-+−]?\d)(?:{_CURRENCY_CODES})\s?[-+−]?{_NUMBER})(?![\w])", "dput"),
     ("order", r"(?<![\w&])#[A-Za-z]{0,3}-?\d+(?:-\d+)?(?!\w|[.-]\w)", "p"),
-    ("code_ctx", r"(?=[RrCcPpDdVvIiAaGg])(?P<code_pre>(?i:(?:referral|coupon|promo|discount|voucher|invite|invitation|affiliate|gift\s+card)(?:\s+code)?)"
-                 r"(?:\s?[:=]\s?|\s))(?=[A-Za-z0-9_-]*[0-9]|[A-Z0-9_-]{4,}(?![\w-]))[A-Za-z0-9][A-Za-z0-9_-]{3,39}(?![\w-])", "w"),
+    ("code_ctx", r"(?=[RrCcPpDdVvIiAaGg])(?:(?i:(?:referral|coupon|promo|discount|voucher|invite|invitation|affiliate|gift\s+card)(?:\s+code)?)"
+                 r"(?:\s?[:=]\s?|\s))(?=[A-Za-z0-9_-]*[0-9]|[A-Z0-9_-]{4,}(?![\w-]))[A-Za-z0-9][A-Za-z0-9_-]{3,39}(?![\w-])", "lu"),
     ("num_unit", r"[-+−]?\d+(?:[.,]\d+)?(?=(?:ms|s|secs?|seconds?|m|mins?|h|hrs?|d|days?|kb|KB|mb|MB|gb|GB|px|x|k|K|%)(?![\w]))", "dp"),
-    ("hex", r"(?:0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,}|(?=[0-9A-F]*[A-F])(?=[0-9A-F]*[0-9])[0-9A-F]{8,})(?![\w-])", "td"),
+    ("hex", r"(?=0x|[0-9a-fA-F]{8})(?:0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,}|(?=[0-9A-F]*[A-F])(?=[0-9A-F]*[0-9])[0-9A-F]{8,})(?![\w-])", "td"),
     # Stripe-style ids ("cus_", "req_"...) even when their random part has no digit.
-    ("id_prefixed", r"[a-z]{2,8}_(?:(?:live|test)_)?(?=[A-Za-z0-9]*[A-Z0-9])[A-Za-z0-9]{8,}(?![\w-])", "t"),
+    ("id_prefixed", r"(?=[a-z]{2,8}_)[a-z]{2,8}_(?:(?:live|test)_)?(?=[A-Za-z0-9]*[A-Z0-9])[A-Za-z0-9]{8,}(?![\w-])", "t"),
     # Magento ACL resources ("Magento_Sales::actions_view") fill "%resources" in its wording.
-    ("acl", r"[A-Z][A-Za-z0-9]*_[A-Z][A-Za-z0-9]*::\w+", "t"),
+    ("acl", r"(?=[A-Z][A-Za-z0-9]*_[A-Z])[A-Z][A-Za-z0-9]*_[A-Z][A-Za-z0-9]*::\w+", "t"),
     # Letters and digits mixed (SKUs, order refs, API keys shown with stars): an identifier.
     ("id", r"(?<![\w.*-])(?=[\w.*-]*\d)(?=[\w.*-]*[A-Za-z])[A-Za-z0-9*](?:[\w.*-]*[A-Za-z0-9])?(?![\w*-])", "td"),
     ("num", rf"(?<![.])(?:(?<=\s)[-+−])?{_NUMBER}(?![A-Za-z0-9_])", "dp"),
     # Person names where a message names the member a referral or access was for.
-    ("name_ctx", r"(?=[tfbawrn])(?P<name_pre>(?:(?:to|for|by|and|with|referrer|referee) |name \(|name: ))"
+    ("name_ctx", r"(?=[tfbawrn])(?:(?:(?:to|for|by|and|with|referrer|referee) |name \(|name: ))"
                  r"[A-ZÀ-Þ][a-zà-ÿ'’]+(?:[ -][A-ZÀ-Þ][a-zà-ÿ'’]+){1,2}"
-                 r"(?=\s?(?:[()\[\].,;:!?]|$)| (?:were|was|is|has|had|and)\b)", "w"),
+                 r"(?=\s?(?:[()\[\].,;:!?]|$)| (?:were|was|is|has|had|and)\b)", "l"),
 ]
 _PLACEHOLDER_OF = {
     "url": "<url>", "email": "<email>", "uuid": "<uuid>", "timestamp": "<timestamp>", "ip": "<ip>",
@@ -283,11 +297,12 @@ KINDS = (
 )
 
 
-# How each start class is recognised: a letter-led token counts as more than a
-# plain word when a letter run is followed by anything but space or plain
-# punctuation (so "customer" and "customer," skip the token alternatives).
+# How each start class is recognised. A letter-led token is more than a word
+# when its letters are followed by anything but a space or plain punctuation,
+# so "customer" and "customer," are spared the token alternatives.
 _START_CLASSES = (
-    ("w", r"(?=[A-Za-z])"),
+    ("l", r"(?=[a-z])"),
+    ("u", r"(?=[A-Z])"),
     ("t", r"(?=[A-Za-z]+[^A-Za-z\s,;!?)\]}>\"])"),
     ("d", r"(?=[0-9])"),
     ("p", r"(?=[^A-Za-z0-9\s])"),
@@ -322,24 +337,36 @@ _PY_REPR = _compile(frozenset({"quoted_dq", "quoted"}))
 _JSON_HINT = re.compile(r"[{\[]\s*\"|\"\s*:\s*(?:[\"\[{\d-]|true\b|false\b|null\b)")
 _PY_REPR_HINT = re.compile(r"[{\[]\s*'|'\s*:\s*(?:['\[{\d-]|True\b|False\b|None\b)")
 _NAME = re.compile(r"(?<![A-Za-z0-9_])" + next(pattern for kind, pattern, _ in _MASKS if kind == "name_ctx"))
+_CODE_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*$")
+_NAME_START = re.compile(r"[A-ZÀ-Þ]")
 _PLACEHOLDERS = re.compile("<(" + "|".join(KINDS) + ")>")
 
 
+# Group name ("amount__d") -> its placeholder; None where the match decides (keep it, keep a prefix).
+_REPLACEMENT = {
+    name: None if kind.startswith("keep") or kind.endswith("_ctx") else _PLACEHOLDER_OF[kind]
+    for name in _PROSE.groupindex
+    if "__" in name
+    for kind in [name.partition("__")[0]]
+}
+
+
 def _replace(match: re.Match) -> str:
-    kind = match.lastgroup.partition("__")[0]
-    if kind.startswith("keep"):
-        return match.group()
-    if kind == "code_ctx":
-        return match.group("code_pre") + "<id>"
-    if kind == "name_ctx":
-        return match.group("name_pre") + "<name>"
-    return _PLACEHOLDER_OF[kind]
+    name = match.lastgroup
+    placeholder = _REPLACEMENT[name]
+    if placeholder is not None:
+        return placeholder
+    text = match.group()
+    if name.startswith("code_ctx"):  # "referral code: AB12CD" -> keep up to the code
+        return text[: _CODE_VALUE.search(text).start()] + "<id>"
+    if name.startswith("name_ctx"):  # "to Jane Doe" -> keep up to the capital
+        return text[: _NAME_START.search(text).start()] + "<name>"
+    return text
 
 
 @lru_cache(maxsize=256)
 def _platform_pattern(platform: str) -> re.Pattern | None:
     """The platform's own name as a whole word, to mask; None for names too short to be safe."""
-    platform = platform.strip()
     if len(platform) < 3:
         return None
     return re.compile(r"(?<![\w<])" + re.escape(platform) + r"(?![\w>])")
@@ -365,7 +392,8 @@ def _mask(line: str, platform: str | None) -> str:
     if "<name>" in masked:
         # A message names the person twice ("You and Jane Doe were... Jane Doe
         # finished"), the second time without the context that gave it away.
-        for name in {m.group()[len(m.group("name_pre")):] for m in _NAME.finditer(line)}:
+        names = {m.group()[_NAME_START.search(m.group()).start():] for m in _NAME.finditer(line)}
+        for name in sorted(names, key=lambda name: (-len(name), name)):  # a fixed order: determinism
             masked = re.sub(r"(?<!\w)" + re.escape(name) + r"(?!\w)", "<name>", masked)
     if platform and platform in masked:
         own_name = _platform_pattern(platform)
@@ -400,15 +428,20 @@ def normalise_error_message(message: str | None, platform: str | None = None) ->
     """The template, category and fingerprint of a platform's message; all blank when there is none.
 
     - The template is the first meaningful line (see :func:`first_meaningful_line`)
-      with variable parts replaced by typed placeholders (``<uuid> <email> <url>
-      <ip> <timestamp> <amount> <order> <hex> <id> <num> <quoted> <name>``),
-      whitespace collapsed, case and wording kept, capped at
-      ``MAX_TEMPLATE_CHARS`` (cut ends in ``…``). HTTP status codes stay where
-      their context says they are one (``401 Unauthorized``, ``[429] Too Many
-      Requests``, ``HTTP 404``, ``status 503``): they are meaning, not data.
-      With ``platform`` given, the platform's own name in the message becomes
+      with variable parts replaced by typed placeholders: ``<uuid> <email> <url>
+      <host> <ip> <phone> <timestamp> <amount> <order> <hex> <id> <num> <quoted>
+      <name> <platform>``; whitespace collapsed, case and wording kept, capped
+      at ``MAX_TEMPLATE_CHARS`` (a cut template ends in ``…``). HTTP status
+      codes stay where their context says they are one (``401 Unauthorized``,
+      ``[429] Too Many Requests``, ``HTTP 404``, ``statusCode=401``,
+      ``responded with 503``): they are meaning, not data, so "401
+      Unauthorized" and "404 Not Found" never share a template. Double quotes
+      in JSON-ish text are structure and are kept (what varies inside the
+      strings is masked); elsewhere a quoted value is ``<quoted>``.
+    - With ``platform`` given, the platform's own name in the message becomes
       ``<platform>``, so "502 Bad Gateway: Shopify returned..." and the same
-      words from BigCommerce share one template.
+      words from BigCommerce share one template. The same text with and without
+      ``platform`` can therefore differ: always pass the integration's platform.
     - The fingerprint hashes the template only (blake2b, 16 hex characters),
       never the platform or the category: the same Stripe message from two
       integrations, or two platforms' identical wording, groups together.
@@ -417,12 +450,13 @@ def normalise_error_message(message: str | None, platform: str | None = None) ->
       matched against the *template*, not the raw line: a variable value (an
       email like ``fraud.team@...``, a code like ``DUPL1CATE``) cannot sway it,
       and one fingerprint always has one category. It is computed whatever the
-      event's status; callers blank it for successes.
+      event's status says; callers blank it for successes.
     - Results are cached (bounded LRU) because messages repeat a lot; messages
       over ``_MAX_CACHED_CHARS`` bypass the cache so it cannot pin huge strings.
     """
     if message is None:
         return EMPTY
+    platform = platform.strip() if platform else None
     if len(message) > _MAX_CACHED_CHARS:
         return _normalise(message, platform or None)
     return _normalise_cached(message, platform or None)

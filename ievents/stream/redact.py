@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
 
-_SECRET_KEY = re.compile(
+_SECRET_KEY_WORDS = (
     r"pass(word|wd|phrase)?$|secret|token|api[_\-. ]?key|apikey|auth(orization)?$|cookie|session[_\-. ]?id"
-    r"|credential|private[_\-. ]?key|signature|cvv|cvc|card[_\-. ]?number|^pan$",
-    re.IGNORECASE,
+    r"|credential|private[_\-. ]?key|signature|cvv|cvc|card[_\-. ]?number|^pan$"
 )
+_SECRET_KEY = re.compile(_SECRET_KEY_WORDS, re.IGNORECASE)
 _BEARER = re.compile(r"\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE)
-_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+# A run of digits, spaces and dashes; _mask_card decides whether it is a card (13-19 digits, Luhn-valid).
+_CARD_CANDIDATE = re.compile(r"\d[\d -]{11,}\d")
+# One cheap search that every text containing a secret value matches (most texts do not, and skip the rest).
+_MAYBE_SECRET_VALUE = re.compile(r"(?:bearer|basic)\s|\d[\d -]{11}", re.IGNORECASE)
+# Substrings every secret key name contains one of: plain `in` checks, far cheaper than a regex over JSON.
+_SECRET_KEY_HINTS = ("pass", "secret", "token", "key", "auth", "cookie", "session", "credential", "signature",
+                     "cvv", "cvc", "card", "pan")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -36,18 +43,19 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _mask_card(match: re.Match) -> str:
-    digits = re.sub(r"\D", "", match.group())
+    digits = match.group().replace(" ", "").replace("-", "")
     return REDACTED if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
 
 
 def redact_text(text: str) -> str:
     """``text`` with bearer/basic credentials and Luhn-valid card numbers masked."""
-    if not text:
+    if not text or not _MAYBE_SECRET_VALUE.search(text):
         return text
     masked = _BEARER.sub(REDACTED, text)
     return _CARD_CANDIDATE.sub(_mask_card, masked)
 
 
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
@@ -84,9 +92,15 @@ def _redact_json(value: Any, path: str, redacted: list[str]) -> Any:
     return value
 
 
+def _maybe_secret_details(details: str) -> bool:
+    """False only when ``details`` cannot hold a secret key or value, so json.loads can be skipped."""
+    lowered = details.lower()
+    return any(hint in lowered for hint in _SECRET_KEY_HINTS) or bool(_MAYBE_SECRET_VALUE.search(details))
+
+
 def redact_details(details: str | None) -> tuple[str | None, list[str]]:
     """Details (free JSON, or free text) with secrets masked, and the paths (``details.x.y``) masked."""
-    if not details:
+    if not details or not _maybe_secret_details(details):
         return details, []
     try:
         parsed = json.loads(details)
