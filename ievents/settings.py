@@ -31,7 +31,7 @@ class Settings(BaseSettings):
 
     # Stream worker (Faust).
     stream_app_id: str = "ievents-stream"
-    stream_batch_size: int = 500
+    stream_batch_size: int = 2000
     stream_batch_seconds: float = 0.2
     stream_metrics_port: int = 9101
     stream_max_message_bytes: int = 1_000_000

@@ -100,3 +100,12 @@ def test_demo_reports_every_published_event_stored(cli_env):
     assert report["published"] == report["stored"] == 2000
     assert sum(report["by_status"].values()) == sum(report["by_type"].values()) == 2000
     assert report["seconds"] > 0 and report["events_per_second"] > 0
+
+
+def test_bench_stream_reports_both_sides_and_their_ratio(cli_env):
+    result = json.loads(ievents(cli_env, "bench", "stream", "--events", "3000", "--json", timeout=300).stdout)
+    assert result["events"] == 3000
+    for side in ("passthrough", "stream"):
+        assert result[side]["events_out"] == 3000
+        assert result[side]["events_per_second"] > 0
+    assert result["ratio"] == round(result["stream"]["events_per_second"] / result["passthrough"]["events_per_second"], 3)

@@ -87,16 +87,18 @@ def normalise_status(raw_status: str | None, message: str | None = None, result:
     when neither is known the event is ``info``: an unknown word is not
     evidence of success or failure.
     """
-    rules = status_rules()
     said = f"{message or ''} {result or ''}".lower()
-    if any(phrase in said for phrase in rules.info_messages):
+    if any(phrase in said for phrase in status_rules().info_messages):
         return INFO
-    for reported in (raw_status, result):
-        status = _words(reported or "")
-        code = _HTTP_CODE.match(status)
-        if code:
-            value = int(code.group(1))
-            return SUCCESS if 200 <= value < 300 else FAILURE if value >= 400 else INFO
-        if status in rules.words:
-            return rules.words[status]
-    return INFO
+    return status_of_word(raw_status) or status_of_word(result) or INFO
+
+
+@lru_cache(maxsize=4096)
+def status_of_word(reported: str | None) -> str | None:
+    """The canonical status a status word or HTTP code stands for; ``None`` when it is not one we know."""
+    status = _words(reported or "")
+    code = _HTTP_CODE.match(status)
+    if code:
+        value = int(code.group(1))
+        return SUCCESS if 200 <= value < 300 else FAILURE if value >= 400 else INFO
+    return status_rules().words.get(status)

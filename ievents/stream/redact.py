@@ -26,9 +26,9 @@ _BEARER = re.compile(r"\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORE
 _CARD_CANDIDATE = re.compile(r"\d[\d -]{11,}\d")
 # One cheap search that every text containing a secret value matches (most texts do not, and skip the rest).
 _MAYBE_SECRET_VALUE = re.compile(r"(?:bearer|basic)\s|\d[\d -]{11}", re.IGNORECASE)
-# Substrings every secret key name contains one of: plain `in` checks, far cheaper than a regex over JSON.
-_SECRET_KEY_HINTS = ("pass", "secret", "token", "key", "auth", "cookie", "session", "credential", "signature",
-                     "cvv", "cvc", "card", "pan")
+# Substrings one of which every secret key name contains, searched in lower-cased text: far cheaper than
+# a case-insensitive regex or json.loads over every event's details.
+_SECRET_KEY_HINTS = re.compile("pass|secret|token|key|auth|cookie|session|credential|signature|cvv|cvc|card|pan")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -94,8 +94,7 @@ def _redact_json(value: Any, path: str, redacted: list[str]) -> Any:
 
 def _maybe_secret_details(details: str) -> bool:
     """False only when ``details`` cannot hold a secret key or value, so json.loads can be skipped."""
-    lowered = details.lower()
-    return any(hint in lowered for hint in _SECRET_KEY_HINTS) or bool(_MAYBE_SECRET_VALUE.search(details))
+    return bool(_SECRET_KEY_HINTS.search(details.lower()) or _MAYBE_SECRET_VALUE.search(details))
 
 
 def redact_details(details: str | None) -> tuple[str | None, list[str]]:
