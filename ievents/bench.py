@@ -93,3 +93,103 @@ def bench_stream(events: int, *, timeout: float = 600, on_progress: Callable[[st
     finally:
         if broker:
             broker.stop()
+
+
+def _run_sink_until(sink, rows: int, timeout: float, on_progress: Callable[[str, int], None]) -> tuple[int, int, float | None]:
+    """Run the sink as in production (``run()``) until ``rows`` are inserted.
+
+    Returns rows inserted, rows in the first insert (not timed: it includes the
+    group join) and the seconds from the first insert to the last.
+    """
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    def inserted() -> int:
+        return int(REGISTRY.get_sample_value("ievents_sink_rows_inserted_total") or 0)
+
+    before, stop = inserted(), threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,))
+    thread.start()
+    first, first_at, deadline = 0, None, time.monotonic() + timeout
+    try:
+        while (done := inserted() - before) < rows and time.monotonic() < deadline and thread.is_alive():
+            if done and first_at is None:
+                first, first_at = done, time.perf_counter()
+            on_progress("sink", done)
+            time.sleep(0.005)
+        finished_at = time.perf_counter()
+    finally:
+        stop.set()
+        thread.join(60)
+    return done, first, (finished_at - first_at) if first_at else None
+
+
+def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
+               on_progress: Callable[[str, int], None] = lambda *_: None,
+               settings: Settings | None = None) -> dict[str, Any]:
+    """Rows/s from the enriched topic into ClickHouse, against inserting the same decoded batches directly.
+
+    Both sides write to fresh databases in one fresh chDB folder (this process
+    may open only one), with the same batch size. The sink side is timed from
+    the first stored batch to the last, so the group join is not counted.
+    """
+    import shutil
+    import tempfile
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from ievents.clickhouse import connect
+    from ievents.runtime import build_sink
+    from ievents.schemas import ENRICHED
+    from ievents.sink.migrations import migrate
+    from ievents.sink.sink import COLUMNS, TABLE, to_row
+    from ievents.stream.enrich import enrich
+
+    base = settings or Settings()
+    data_dir = Path(tempfile.mkdtemp(prefix="ievents-bench-sink-"))
+    broker = None if base.kafka_bootstrap else EmbeddedBroker().start()
+    try:
+        run = uuid.uuid4().hex[:6]
+        bench_settings = base.model_copy(update={
+            "kafka_bootstrap": base.kafka_bootstrap or broker.bootstrap, "data_dir": data_dir,
+            "clickhouse_url": f"chdb://{data_dir / 'clickhouse'}", "clickhouse_database": f"bench_sink_{run}",
+            "topic_enriched": f"bench-enriched-{run}", "topic_dlq": f"bench-dlq-{run}", "sink_group": f"bench-{run}",
+            "sink_batch_rows": batch_rows, "sink_batch_seconds": 1.0,
+        })
+        ensure_topics(bench_settings.kafka_bootstrap, topic_partitions(bench_settings))
+        codec = AvroCodec(schemas_for(bench_settings), ENRICHED)
+        now = datetime.now(timezone.utc)
+        events = [enrich(raw, partition=0, offset=i, processed_at=now) for i, raw in enumerate(simulate_events(rows, seed=2))]
+        producer = Producer({"bootstrap.servers": bench_settings.kafka_bootstrap, "linger.ms": 20,
+                             "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+        for event in events:
+            producer.produce(bench_settings.topic_enriched, key=event["account_id"].encode(), value=codec.encode(event))
+            producer.poll(0)
+        producer.flush(60)
+
+        # Baseline: the same rows, already decoded, inserted in the same batch size straight into ClickHouse.
+        direct = connect(bench_settings.clickhouse_dsn, f"bench_direct_{run}")
+        migrate(direct)
+        decoded = [to_row(event) for event in events]
+        started = time.perf_counter()
+        for start in range(0, rows, batch_rows):
+            chunk = decoded[start:start + batch_rows]
+            direct.insert(TABLE, [list(column) for column in zip(*chunk)], column_names=COLUMNS, column_oriented=True)
+            on_progress("direct insert", start + len(chunk))
+        direct_seconds = time.perf_counter() - started
+
+        migrate(connect(bench_settings.clickhouse_dsn, bench_settings.clickhouse_database))
+        stored, first_insert_rows, sink_seconds = _run_sink_until(build_sink(bench_settings), rows, timeout, on_progress)
+        sink_rate = (stored - first_insert_rows) / sink_seconds if sink_seconds else None
+        direct_rate = rows / direct_seconds
+        return {
+            "rows": rows, "batch_rows": batch_rows, "stored": stored,
+            "sink_rows_per_second": round(sink_rate, 1) if sink_rate else None,
+            "direct_insert_rows_per_second": round(direct_rate, 1),
+            "ratio": round(sink_rate / direct_rate, 3) if sink_rate else None,
+        }
+    finally:
+        if broker:
+            broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -140,6 +143,9 @@ def up(
     stop = threading.Event()
     with EmbeddedStack(settings) as stack, SinkService(stack.settings) as service:
         settings = stack.settings
+        generated_key = not settings.operator_key
+        if generated_key:
+            settings = settings.model_copy(update={"operator_key": secrets.token_urlsafe(24)})
         simulator = threading.Thread(
             target=publish, daemon=True,
             args=(open_producer(settings), simulate_events(10**9, accounts=accounts, seed=int(time.time()))),
@@ -158,6 +164,8 @@ def up(
                 f"ClickHouse      {settings.clickhouse_dsn}   database: {settings.clickhouse_database}",
                 f"Simulator       {rate:g} events/s over {accounts} accounts" if rate else "Simulator       off",
                 f"Logs            {settings.data_dir / 'logs'}",
+                f"Operator key    {settings.operator_key if generated_key else '(from IEVENTS_OPERATOR_KEY)'}"
+                "   (IEVENTS_OPERATOR_KEY for `ievents sql` and POST /api/v1/sql)",
                 "",
                 "Try: ievents events list    ievents events count    (Ctrl-C stops everything)",
             ]),
@@ -211,6 +219,23 @@ def bench_stream_command(
         _print_mapping(result, "bench stream")
 
 
+@bench_app.command("sink")
+def bench_sink_command(
+    rows: Annotated[int, typer.Option(help="Rows through each side.")] = 200_000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rows/s from the enriched topic into ClickHouse vs inserting the same decoded batches directly."""
+    from ievents.bench import bench_sink
+
+    with progress_bar("bench", rows) as progress:
+        task = progress.add_task("preparing", total=rows)
+        result = bench_sink(rows, on_progress=lambda side, n: progress.update(task, description=side, completed=n))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_mapping(result, "bench sink")
+
+
 def _require_bootstrap(settings: Settings) -> Settings:
     if not settings.kafka_bootstrap:
         raise fail(
@@ -238,29 +263,53 @@ def _filter_params(
 
 
 def _query(path: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Ask the running API when there is one, else open the ClickHouse data ourselves: same answer either way."""
+    """The events API's answer for ``path``, from the running API or from the data folder."""
+    import httpx
+
+    from ievents.query import EventFilter, InvalidFilter, count_events, list_events
+
+    def local(client: Any) -> dict[str, Any]:
+        try:
+            flt = EventFilter(**params)
+        except (InvalidFilter, ValueError) as exc:
+            raise fail(str(exc)) from None
+        result = list_events(client, flt) if path.endswith("/events") else count_events(client, flt)
+        return dataclasses.asdict(result)
+
+    return _api_or_local(lambda base: httpx.get(f"{base}{path}", params=params, timeout=30), local)
+
+
+def _api_or_local(
+    ask_api: Callable[[str], Any], local: Callable[[Any], dict[str, Any]],
+    api_error: Callable[[Any], str] = lambda response: f"{response.status_code} from {response.url}: {response.text}",
+) -> dict[str, Any]:
+    """Ask the running API when there is one, else open the ClickHouse data ourselves: same answer either way.
+
+    ``ask_api(base_url)`` sends the request; ``local(client)`` computes the same answer on a ClickHouse
+    client; ``api_error(response)`` words a non-200 answer. Only an API that does not answer at all
+    (nothing listens) sends us to the data folder, which fails clearly when another process holds it.
+    """
     import httpx
 
     from ievents.clickhouse import ClickHouseUnavailable, connect
-    from ievents.query import EventFilter, InvalidFilter, count_events, list_events
 
     settings = Settings()
     try:
-        response = httpx.get(f"{settings.api_base_url}{path}", params=params, timeout=30)
-    except httpx.HTTPError:
+        response = ask_api(settings.api_base_url)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
         if settings.api_url:
             raise fail(f"The API at {settings.api_url} does not answer; is it running?") from None
+    except httpx.HTTPError as exc:
+        raise fail(f"The API at {settings.api_base_url} failed: {exc!r}") from None
     else:
         if response.status_code != 200:
-            raise fail(f"{response.status_code} from {response.url}: {response.text}")
+            raise fail(api_error(response))
         return response.json()
     try:
         client = connect(settings.clickhouse_dsn, settings.clickhouse_database)
-        flt = EventFilter(**params)
-    except (ClickHouseUnavailable, InvalidFilter, ValueError) as exc:
+    except ClickHouseUnavailable as exc:
         raise fail(str(exc)) from None
-    result = list_events(client, flt) if path.endswith("/events") else count_events(client, flt)
-    return dataclasses.asdict(result)
+    return local(client)
 
 
 def _print_mapping(mapping: dict[str, Any], title: str) -> None:
@@ -325,3 +374,85 @@ def _utc(moment: datetime | None) -> datetime | None:
     from datetime import timezone
 
     return moment.replace(tzinfo=timezone.utc) if moment and moment.tzinfo is None else moment
+
+
+# --- read-only SQL -------------------------------------------------------------------------------------
+
+
+@app.command("sql")
+def sql_command(
+    query: Annotated[str, typer.Argument(
+        help="One SELECT / WITH / SHOW / DESCRIBE / EXPLAIN / EXISTS statement; - reads it from stdin.")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: columns, types, rows, truncated.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many rows.")] = 10_000,
+) -> None:
+    """Read-only SQL on the events tables (docs/analytics.md has ready queries); writes are refused.
+
+    Asks the running API (with IEVENTS_OPERATOR_KEY) when there is one, else opens the data folder itself.
+    """
+    import httpx
+
+    if as_csv and as_json:
+        raise fail("Choose one of --csv and --json.")
+    statement = sys.stdin.read() if query == "-" else query
+    key = Settings().operator_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def local(client: Any) -> dict[str, Any]:
+        from ievents.query.sql import SqlError, run_readonly
+
+        try:
+            return dataclasses.asdict(run_readonly(client, statement, limit))
+        except SqlError as exc:
+            raise fail(str(exc)) from None
+
+    result = _api_or_local(
+        # The server stops the query after its own timeout (30 s); wait a little longer than that.
+        lambda base: httpx.post(f"{base}/api/v1/sql", json={"sql": statement, "limit": limit}, headers=headers,
+                                timeout=60),
+        local, _sql_api_error,
+    )
+    if as_json:
+        print(json.dumps(result))
+    elif as_csv:
+        _print_csv(result)
+    else:
+        table = Table(*result["columns"])
+        for row in result["rows"]:
+            table.add_row(*("[dim]NULL[/]" if value is None else rich_escape(_cell(value)) for value in row))
+        console.print(table)
+        err_console.print(f"{len(result['rows'])} row{'s' if len(result['rows']) != 1 else ''}")
+    if result.get("truncated"):
+        err_console.print(f"[yellow]more rows matched; showing the first {limit} (--limit)[/]")
+
+
+def _sql_api_error(response: Any) -> str:
+    """The API's refusal in words a terminal user can act on."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if response.status_code == 401:
+        return (f"{response.url} needs the operator key: set IEVENTS_OPERATOR_KEY to the key `ievents up` printed "
+                "(or the one the API was started with).")
+    if response.status_code == 403:
+        return f"{detail} Restart the API with IEVENTS_OPERATOR_KEY set (`ievents up` generates one)."
+    if response.status_code == 400:
+        return str(detail)
+    return f"{response.status_code} from {response.url}: {response.text}"
+
+
+def _cell(value: Any) -> str:
+    """A value as text: nested values as JSON, NULL as empty."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _print_csv(result: dict[str, Any]) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(result["columns"])
+    writer.writerows([_cell(value) for value in row] for row in result["rows"])

@@ -175,7 +175,10 @@ def serve_api(settings: Settings, service: SinkService | None = None) -> None:
     else:
         factory = lambda: connect(settings.clickhouse_dsn, settings.clickhouse_database)  # noqa: E731
     try:
-        uvicorn.run(create_app(factory), host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="off")
+        uvicorn.run(
+            create_app(factory, settings.operator_key), host=settings.api_host, port=settings.api_port,
+            log_level="warning", lifespan="off",
+        )
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is what was asked
 

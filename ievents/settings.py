@@ -46,11 +46,15 @@ class Settings(BaseSettings):
     # ClickHouse: chdb:///absolute/path (embedded) or http://host:8123 (server).
     clickhouse_url: str = ""
     clickhouse_database: str = "ievents"
+    # Days events (and their rollups) are kept; 0 keeps them forever. Applied by migrate().
+    retention_days: int = 365
 
     # Query API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str = ""
+    # Bearer key for POST /api/v1/sql (read-only SQL); empty turns that route off (`ievents up` generates one).
+    operator_key: str = ""
 
     @cached_property
     def clickhouse_dsn(self) -> str:

@@ -1,4 +1,4 @@
-"""The Integration Events log over HTTP: list, count and detail, plus health and Prometheus metrics.
+"""The Integration Events log over HTTP: list, count and detail, read-only SQL for operators, health and metrics.
 
 Handlers are plain ``def`` functions, so FastAPI runs them on its thread pool;
 they share one ClickHouse client (the embedded stack hands in the chDB client
@@ -8,6 +8,8 @@ must not run two queries at once.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,12 +18,15 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
 from ievents.query.events import EventCounts, EventPage, count_events, get_event, list_events
 from ievents.query.filters import EventFilter, InvalidFilter
+from ievents.query.sql import DEFAULT_LIMIT, MAX_LIMIT, SqlError, run_readonly
 
 # Module-level: the default registry accepts a metric name once per process,
 # however many apps (tests, the embedded stack) are created in it.
@@ -55,10 +60,33 @@ class SharedClient:
             yield self._client
 
 
-def create_app(client_factory: Callable[[], Client]) -> FastAPI:
-    """The query API on the client ``client_factory`` returns (called once, on the first request that needs it)."""
+class SqlRequest(BaseModel):
+    """One read-only statement for ``POST /api/v1/sql``."""
+
+    sql: str = Field(description="One SELECT, WITH, SHOW, DESCRIBE, EXPLAIN or EXISTS statement.")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="At most this many rows come back.")
+
+
+def create_app(client_factory: Callable[[], Client], operator_key: str = "") -> FastAPI:
+    """The query API on the client ``client_factory`` returns (called once, on the first request that needs it).
+
+    ``operator_key`` guards ``POST /api/v1/sql``; without one that route answers 403.
+    """
     shared = SharedClient(client_factory)
     app = FastAPI(title="ievents: Integration Events log", version="1")
+    bearer = HTTPBearer(auto_error=False, description="The operator key (IEVENTS_OPERATOR_KEY).")
+
+    # A default, not an Annotated hint: with postponed annotations FastAPI could not see the local ``bearer``.
+    def require_operator(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """403 when no operator key is configured, 401 unless the request carries it (compared in constant time)."""
+        if not operator_key:
+            raise HTTPException(403, "SQL over HTTP is off: the API has no operator key (set IEVENTS_OPERATOR_KEY).")
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), operator_key.encode()):
+            raise HTTPException(
+                401, "An operator key is required: send Authorization: Bearer <operator key>.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.middleware("http")
     async def observe_duration(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -98,6 +126,16 @@ def create_app(client_factory: Callable[[], Client]) -> FastAPI:
         if event is None:
             raise HTTPException(status_code=404, detail=f"no event {event_id}")
         return event
+
+    @app.post("/api/v1/sql", dependencies=[Depends(require_operator)])
+    def sql(request: SqlRequest) -> dict[str, Any]:
+        """One read-only statement (ClickHouse ``readonly = 1``); 400 with the reason when it is refused or fails."""
+        try:
+            with shared.borrow() as client:
+                result = run_readonly(client, request.sql, request.limit)
+        except SqlError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return dataclasses.asdict(result)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 
 from ievents.query.filters import (
     STATUSES,
+    CountSource,
     Cursor,
     EventFilter,
     Query,
@@ -56,13 +57,18 @@ def list_events(client: Client, flt: EventFilter) -> EventPage:
     return EventPage([_jsonable_event(row) for row in page], next_cursor)
 
 
-def count_events(client: Client, flt: EventFilter) -> EventCounts:
-    """How many events ``flt`` matches, in total and per status and type (each event counted once)."""
-    (total,) = _rows(client, count_query(flt))
+def count_events(client: Client, flt: EventFilter, source: CountSource | None = None) -> EventCounts:
+    """How many events ``flt`` matches, in total and per status and type (each event counted once).
+
+    Read from the hourly or minutely rollup when the filter allows it
+    (``filters.count_source``), else from the raw table; ``source`` forces one
+    (a rollup the filter cannot use raises ``ValueError``). Same answer either way.
+    """
+    (total,) = _rows(client, count_query(flt, source=source))
     return EventCounts(
         total=total["n"],
-        by_status=dict.fromkeys(STATUSES, 0) | _tally(client, count_query(flt, "status")),
-        by_type=_tally(client, count_query(flt, "type")),
+        by_status=dict.fromkeys(STATUSES, 0) | _tally(client, count_query(flt, "status", source)),
+        by_type=_tally(client, count_query(flt, "type", source)),
     )
 
 

@@ -6,16 +6,22 @@ server-side parameter (``{name:Type}``, bound by clickhouse-connect's
 what a query does. The only identifiers spliced into SQL come from constants
 in this module.
 
-Every query reads ``integration_events FINAL``: the table is a
+Every query of events reads ``integration_events FINAL``: the table is a
 ReplacingMergeTree, and until a background merge runs it can hold several
 copies of a re-delivered event. ``FINAL`` collapses them at read time, which
 is what keeps duplicates invisible to users.
+
+Counters read the per-hour or per-minute rollups (SummingMergeTree tables kept
+by materialized views, see ``sink/migrations/0006_rollups.sql``) whenever that
+gives the same answer: the filter uses only dimensions the rollups keep and its
+time bounds fall on bucket boundaries. Anything else counts the raw table.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -24,11 +30,23 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 Status = Literal["info", "success", "failure"]
 Direction = Literal["none", "pull", "push"]
 CountDimension = Literal["status", "type"]
+CountSource = Literal["hour", "minute", "raw"]
 
 STATUSES: tuple[Status, ...] = ("info", "success", "failure")
 COUNT_DIMENSIONS: tuple[CountDimension, ...] = ("status", "type")
 MAX_LIMIT = 1000
 TABLE = "integration_events FINAL"
+
+# Where counts can come from, coarsest first: (source, table, bucket width in seconds).
+ROLLUPS: tuple[tuple[CountSource, str, int], ...] = (
+    ("hour", "integration_events_per_hour", 3600),
+    ("minute", "integration_events_per_minute", 60),
+)
+COUNT_SOURCES: tuple[CountSource, ...] = ("hour", "minute", "raw")
+# Filter fields the rollups can answer (they keep these dimensions; since/until when bucket-aligned).
+# A filter field added later is not here, so filters using it count the raw table until a rollup keeps it.
+ROLLUP_FIELDS = frozenset({"account_id", "integration_id", "status", "type", "direction", "since", "until"})
+_PAGING_FIELDS = frozenset({"limit", "cursor"})
 
 # Columns an event is served with, in table order. Listed rather than `*` so a
 # migration that adds a column does not silently change what the API returns.
@@ -61,6 +79,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 _TIMESTAMP = "DateTime64(3, 'UTC')"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # One row per filter field: the condition it adds when set. The parameter is
 # named after the field, so the field's value is bound as-is.
@@ -72,6 +91,12 @@ _CONDITIONS: tuple[tuple[str, str], ...] = (
     ("direction", "direction = {direction:String}"),
     ("since", f"occurred_at >= {{since:{_TIMESTAMP}}}"),
     ("until", f"occurred_at < {{until:{_TIMESTAMP}}}"),
+)
+
+# The same conditions on a rollup: events are counted in the bucket they fall in, so on bucket
+# boundaries `bucket >= since` and `bucket < until` select exactly the events the raw conditions do.
+_ROLLUP_CONDITIONS: tuple[tuple[str, str], ...] = tuple(
+    (field, condition.replace("occurred_at", "bucket")) for field, condition in _CONDITIONS
 )
 
 _AFTER_CURSOR = f"(occurred_at, event_id) < ({{cursor_occurred_at:{_TIMESTAMP}}}, {{cursor_event_id:UUID}})"
@@ -168,19 +193,56 @@ def list_query(flt: EventFilter) -> Query:
     return Query(sql, parameters)
 
 
-def count_query(flt: EventFilter, by: CountDimension | None = None) -> Query:
+def count_source(flt: EventFilter) -> CountSource:
+    """Where ``flt``'s counts can come from: the hourly rollup when every set time bound is a whole UTC
+    hour, else the minutely one when they are whole minutes, else the raw table.
+
+    Only when every filter field set is one the rollups keep (``ROLLUP_FIELDS``);
+    no time bound at all is aligned to every bucket.
+    """
+    used = {field for field in type(flt).model_fields if getattr(flt, field) is not None} - _PAGING_FIELDS
+    if not used <= ROLLUP_FIELDS:
+        return "raw"
+    bounds = [bound for bound in (flt.since, flt.until) if bound is not None]
+    for source, _, seconds in ROLLUPS:
+        if all(on_boundary(bound, seconds) for bound in bounds):
+            return source
+    return "raw"
+
+
+def on_boundary(instant: datetime, seconds: int) -> bool:
+    """Whether an aware datetime is a whole multiple of ``seconds`` since the epoch (buckets are UTC)."""
+    offset = instant - _EPOCH
+    return offset.microseconds == 0 and (offset.days * 86_400 + offset.seconds) % seconds == 0
+
+
+def count_query(flt: EventFilter, by: CountDimension | None = None, source: CountSource | None = None) -> Query:
     """Events matching the filter: one row ``n`` in total, or rows ``key, n`` per ``status`` / ``type``, largest first.
 
-    The cursor and limit are ignored: counts describe the whole filtered log,
-    not the page being shown. ``by`` becomes an identifier in the SQL, so it is
-    checked against the known dimensions rather than trusted to its type hint.
+    ``source`` defaults to ``count_source(flt)``; asking for a rollup the filter
+    cannot use raises ``ValueError`` rather than answer wrongly. The cursor and
+    limit are ignored: counts describe the whole filtered log, not the page
+    being shown. ``by`` becomes an identifier in the SQL, so it is checked
+    against the known dimensions rather than trusted to its type hint.
     """
-    conditions, parameters = _filter_conditions(flt)
-    if by is None:
-        return Query(f"SELECT count() AS n FROM {TABLE}{_where(conditions)}", parameters)
-    if by not in COUNT_DIMENSIONS:
+    if by is not None and by not in COUNT_DIMENSIONS:
         raise ValueError(f"cannot count by {by!r}; choose one of {COUNT_DIMENSIONS}")
-    sql = f"SELECT {by} AS key, count() AS n FROM {TABLE}{_where(conditions)} GROUP BY {by} ORDER BY n DESC, key"
+    usable = count_source(flt)
+    if source is None:
+        source = usable
+    elif source not in COUNT_SOURCES:
+        raise ValueError(f"cannot count from {source!r}; choose one of {COUNT_SOURCES}")
+    elif COUNT_SOURCES.index(source) < COUNT_SOURCES.index(usable):
+        raise ValueError(f"this filter cannot be counted from the {source} rollup; the coarsest it allows is {usable!r}")
+    if source == "raw":
+        table, n = TABLE, "count()"
+        conditions, parameters = _filter_conditions(flt)
+    else:
+        table, n = next(name for rollup, name, _ in ROLLUPS if rollup == source), "sum(events)"
+        conditions, parameters = _filter_conditions(flt, _ROLLUP_CONDITIONS)
+    if by is None:
+        return Query(f"SELECT {n} AS n FROM {table}{_where(conditions)}", parameters)
+    sql = f"SELECT {by} AS key, {n} AS n FROM {table}{_where(conditions)} GROUP BY {by} ORDER BY n DESC, key"
     return Query(sql, parameters)
 
 
@@ -203,9 +265,11 @@ def get_query(event_id: UUID | str, account_id: str | None = None) -> Query:
     return Query(sql, parameters)
 
 
-def _filter_conditions(flt: EventFilter) -> tuple[list[str], dict[str, Any]]:
+def _filter_conditions(
+    flt: EventFilter, conditions: tuple[tuple[str, str], ...] = _CONDITIONS
+) -> tuple[list[str], dict[str, Any]]:
     """The conditions and parameters of the filter's set fields (paging excluded)."""
-    used = [(field, condition) for field, condition in _CONDITIONS if getattr(flt, field) is not None]
+    used = [(field, condition) for field, condition in conditions if getattr(flt, field) is not None]
     return [condition for _, condition in used], {field: getattr(flt, field) for field, _ in used}
 
 

@@ -18,7 +18,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -62,6 +64,11 @@ def to_row(event: dict[str, Any]) -> tuple:
         event["details"] or "", event["message_template"], event["error_category"], event["error_fingerprint"],
         event["redacted_parameters"], event["processed_at"], event["source_partition"], event["source_offset"],
     )
+
+
+def as_datetime(moment: datetime | int) -> datetime:
+    """A row's timestamp (a datetime, or epoch milliseconds as the sink decodes it) as an aware datetime."""
+    return moment if isinstance(moment, datetime) else datetime.fromtimestamp(moment / 1000, timezone.utc)
 
 
 def is_data_error(error: Exception) -> bool:
@@ -125,12 +132,13 @@ class ClickHouseSink:
     ) -> None:
         self._dlq_topic = dlq_topic
         self._client = client
-        self._codec = AvroCodec(schemas, ENRICHED)
+        # Rows go straight to ClickHouse, which takes uuids as text and DateTime64(3) as epoch-millis ints.
+        self._codec = AvroCodec(schemas, ENRICHED, logical_types=False)
         self._batch_rows = batch_rows
         self._batch_seconds = batch_seconds
         self._max_backoff = max_backoff
         self._pending = Batch()
-        self._storing = False
+        self._in_flight: tuple[Future, Batch] | None = None
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -179,8 +187,9 @@ class ClickHouseSink:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving us: store and commit what we hold for them while they are still ours."""
-        if self._storing or not self._pending.consumed:
-            return  # an insert in flight commits only the partitions still assigned once it lands
+        self._finish_in_flight()
+        if not self._pending.consumed:
+            return
         batch, self._pending = self._pending, Batch()
         log.info("flushing %d rows before %d partitions are revoked", len(batch.rows), len(partitions))
         self.store(batch)
@@ -193,24 +202,20 @@ class ClickHouseSink:
 
     def store(self, batch: Batch, stop: threading.Event | None = None) -> None:
         """Insert the batch's new events; rows ClickHouse rejects go to the DLQ, the rest are stored."""
-        self._storing = True
-        try:
-            self._drop_stored_events(batch, stop)
-            if batch.rows:
-                self._insert(batch.rows, batch.messages, batch.deduplication_token(), stop)
-        finally:
-            self._storing = False
+        self._drop_stored_events(batch, stop)
+        if batch.rows:
+            self._insert(batch.rows, batch.messages, batch.deduplication_token(), stop)
 
     def _drop_stored_events(self, batch: Batch, stop: threading.Event | None) -> None:
         """Remove re-delivered events: repeats inside the batch and event_ids the table already holds."""
         if not batch.rows:
             return
-        first_seen: dict[Any, int] = {}
+        first_seen: dict[str, int] = {}
         for index, row in enumerate(batch.rows):
-            first_seen.setdefault(row[EVENT_ID], index)
-        times = [row[OCCURRED_AT] for row in batch.rows]
+            first_seen.setdefault(str(row[EVENT_ID]), index)
+        times = [as_datetime(row[OCCURRED_AT]) for row in batch.rows]
         stored = self._with_retries(lambda: self._client.query(
-            "SELECT DISTINCT event_id FROM integration_events "
+            "SELECT DISTINCT toString(event_id) FROM integration_events "
             "WHERE occurred_at BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')} "
             "AND event_id IN {ids:Array(UUID)}",
             parameters={"lo": min(times), "hi": max(times), "ids": list(first_seen)},
@@ -299,14 +304,29 @@ class ClickHouseSink:
             log.warning("offset commit refused (%s); the stored rows will be skipped on re-delivery", exc)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll, store, commit until ``stop`` is set; the last batch is stored and committed before returning."""
-        try:
-            while not stop.is_set():
-                batch = self.poll_batch(stop)
-                self.store(batch, stop)
-                self.commit(batch)
-        finally:
-            self.close()
+        """Poll, store, commit until ``stop`` is set; the last batch is stored and committed before returning.
+
+        The next batch is polled and decoded (Python) while the previous one is
+        being stored (ClickHouse, which releases the GIL); batches are still
+        stored, and their offsets committed, one after another in order.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-store") as storer:
+            try:
+                while not stop.is_set():
+                    batch = self.poll_batch(stop)
+                    self._finish_in_flight()
+                    self._in_flight = (storer.submit(self.store, batch, stop), batch)
+                self._finish_in_flight()
+            finally:
+                self.close()
+
+    def _finish_in_flight(self) -> None:
+        """Wait for the batch being stored (re-raising its failure), then commit its offsets."""
+        if self._in_flight is None:
+            return
+        (future, batch), self._in_flight = self._in_flight, None
+        future.result()
+        self.commit(batch)
 
     def close(self) -> None:
         """Leave the group without committing anything not yet stored."""

@@ -1,14 +1,23 @@
-"""``ievents.query.events`` against the real ClickHouse engine (chDB), rows inserted straight into the table."""
+"""``ievents.query.events`` against the real ClickHouse engine (chDB), rows inserted straight into the table.
+
+Counters are checked on two paths, the rollups the materialized views keep and
+the raw table read with FINAL, which must agree whenever rows arrive the way the
+sink writes them (each event once; a re-sent batch carries the same
+deduplication token and is dropped).
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from datetime import datetime, timedelta, timezone
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
 
 from ievents.query import EventFilter, count_events, get_event, list_events
+from ievents.query.filters import count_source
 
 pytestmark = pytest.mark.integration
 
@@ -160,19 +169,150 @@ def test_pages_keep_the_filter(events):
     assert rest.next_cursor is None
 
 
-def test_counts_count_each_event_once(events):
-    counts = count_events(events, EventFilter())
+def sink_insert(client, rows: list[list], token: str) -> None:
+    """Rows inserted the way the sink stores a batch: columnar, with the batch's deduplication token."""
+    client.insert(
+        "integration_events", [list(column) for column in zip(*rows)], column_names=COLUMNS,
+        column_oriented=True, settings={"insert_deduplication_token": token},
+    )
+
+
+@pytest.fixture
+def stored(clickhouse):
+    """Every event once through the sink's path, then the same batch re-sent with its token (dropped)."""
+    batch = [row(label, "first delivery", PROCESSED) for label in EVENTS]
+    sink_insert(clickhouse, batch, "enriched/0/0-7")
+    sink_insert(clickhouse, batch, "enriched/0/0-7")
+    assert clickhouse.query("SELECT count() FROM integration_events").result_rows == [(len(EVENTS),)]
+    return clickhouse
+
+
+def test_counts_count_each_event_once(stored):
+    counts = count_events(stored, EventFilter())
     assert counts.total == len(EVENTS)
     assert counts.by_status == {"info": 3, "success": 3, "failure": 2}
     assert counts.by_type == {"conversion": 3, "product": 2, "order": 2, "one_click_access": 1}
     assert list(counts.by_type) == ["conversion", "order", "product", "one_click_access"]
 
 
-def test_counts_follow_the_filter_and_name_every_status(events):
-    counts = count_events(events, EventFilter(integration_id="shop-1", status="info"))
+def test_counts_follow_the_filter_and_name_every_status(stored):
+    counts = count_events(stored, EventFilter(integration_id="shop-1", status="info"))
     assert counts.total == 2
     assert counts.by_status == {"info": 2, "success": 0, "failure": 0}
     assert counts.by_type == {"product": 2}
+
+
+@pytest.mark.parametrize("source", ["hour", "minute", "raw"])
+def test_every_source_gives_the_same_counts(stored, source):
+    counts = count_events(stored, EventFilter(account_id="acme"), source=source)
+    assert (counts.total, counts.by_status) == (7, {"info": 3, "success": 2, "failure": 2})
+    assert counts.by_type == {"order": 2, "product": 2, "conversion": 2, "one_click_access": 1}
+
+
+def test_a_raw_count_hides_a_redelivered_duplicate(events):
+    """FINAL collapses a second copy of an event whatever path it came by: the raw table is the truth."""
+    counts = count_events(events, EventFilter(), source="raw")
+    assert counts.total == len(EVENTS)
+    assert counts.by_status == {"info": 3, "success": 3, "failure": 2}
+
+
+def test_a_raced_duplicate_is_counted_twice_by_the_rollups_only(events):
+    """The residual case docs/storage.md describes: two sinks storing one event in different batches
+    (a rebalance mid-insert) both pass the existence check; the rollups count what was inserted."""
+    assert count_events(events, EventFilter(), source="hour").total == len(EVENTS) + 1
+    assert count_events(events, EventFilter(), source="raw").total == len(EVENTS)
+
+
+# A bigger log for comparing the paths: several accounts, integrations, types, statuses and
+# directions over three days, stored in sink-sized batches, some re-sent with their token.
+BASE = datetime(2024, 6, 3, tzinfo=timezone.utc)
+ACCOUNTS = ("acme", "globex", "initech")
+INTEGRATIONS = {"rr-1": ("conversion", "one_click_access"), "shop-1": ("order", "product"), "hub-2": ("customer",)}
+DIRECTIONS = ("none", "pull", "push")
+STATUS_NAMES = ("info", "success", "failure")
+
+
+def simulated_rows(count: int, seed: int = 5) -> list[list]:
+    rng = random.Random(seed)
+    rows = []
+    for n in range(count):
+        integration = rng.choice(list(INTEGRATIONS))
+        occurred_at = BASE + timedelta(milliseconds=rng.randrange(3 * 86_400_000))
+        if n % 10 == 0:  # some events exactly on a bucket edge
+            occurred_at = occurred_at.replace(minute=rng.choice((0, 59)), second=0, microsecond=0)
+        rows.append([
+            uuid5(NAMESPACE_URL, f"ievents-test/big/{n}"), rng.choice(ACCOUNTS), integration, occurred_at,
+            rng.choice(INTEGRATIONS[integration]), rng.choice(DIRECTIONS), rng.choice(STATUS_NAMES),
+            "", {}, occurred_at + timedelta(seconds=1),
+        ])
+    return rows
+
+
+@pytest.fixture
+def big_log(clickhouse):
+    rows = simulated_rows(3000)
+    batches = [rows[start:start + 250] for start in range(0, len(rows), 250)]
+    for number, batch in enumerate(batches):
+        sink_insert(clickhouse, batch, f"enriched/0/{number}")
+    for number in (0, 3, 7):  # a crash between insert and commit: the batch comes again, same offsets
+        sink_insert(clickhouse, batches[number], f"enriched/0/{number}")
+    assert clickhouse.query("SELECT count() FROM integration_events").result_rows == [(len(rows),)]
+    return clickhouse
+
+
+HOUR = timedelta(hours=1)
+BOUNDS = {
+    "none": {},
+    "since hour": {"since": BASE + 5 * HOUR},
+    "until hour": {"until": BASE + 30 * HOUR},
+    "hours": {"since": BASE + 7 * HOUR, "until": BASE + 41 * HOUR},
+    "one hour": {"since": BASE + 12 * HOUR, "until": BASE + 13 * HOUR},
+    "minutes": {"since": BASE + 7 * HOUR + timedelta(minutes=59), "until": BASE + 50 * HOUR + timedelta(minutes=1)},
+    "minutes in a zone": {"since": (BASE + timedelta(minutes=90)).astimezone(timezone(timedelta(hours=5, minutes=30)))},
+    "seconds": {"since": BASE + timedelta(hours=3, seconds=30)},
+    "milliseconds": {"until": BASE + timedelta(hours=40, milliseconds=1)},
+}
+DIMENSIONS = [
+    {},
+    {"account_id": "acme"},
+    {"account_id": "globex", "integration_id": "shop-1"},
+    {"integration_id": "rr-1", "status": "failure"},
+    {"type": "order"},
+    {"status": "info", "direction": "push"},
+    {"account_id": "initech", "integration_id": "hub-2", "type": "customer", "status": "success", "direction": "pull"},
+    {"account_id": "nobody"},
+]
+EXPECTED_SOURCE = {
+    "none": "hour", "since hour": "hour", "until hour": "hour", "hours": "hour", "one hour": "hour",
+    "minutes": "minute", "minutes in a zone": "minute", "seconds": "raw", "milliseconds": "raw",
+}
+
+
+@pytest.mark.parametrize("bounds", list(BOUNDS))
+def test_rollups_and_the_raw_table_count_the_same(big_log, bounds):
+    for dimensions in DIMENSIONS:
+        flt = EventFilter(**dimensions, **BOUNDS[bounds])
+        assert count_source(flt) == EXPECTED_SOURCE[bounds]
+        raw = count_events(big_log, flt, source="raw")
+        sources = ["hour", "minute"][["hour", "minute", "raw"].index(EXPECTED_SOURCE[bounds]):]
+        for source in [None, *sources]:
+            assert count_events(big_log, flt, source=source) == raw, (bounds, dimensions, source)
+        assert raw.total == sum(raw.by_status.values()) == sum(raw.by_type.values())
+
+
+def test_the_comparison_counts_something(big_log):
+    """Guard against a vacuous comparison: most filters above match events, a few match none."""
+    totals = [
+        count_events(big_log, EventFilter(**dimensions, **BOUNDS[bounds]), source="raw").total
+        for bounds, dimensions in itertools.product(BOUNDS, DIMENSIONS)
+    ]
+    assert sum(total > 0 for total in totals) > len(totals) * 0.7
+    assert count_events(big_log, EventFilter(), source="raw").total == 3000
+
+
+def test_a_rollup_the_filter_cannot_use_is_refused(big_log):
+    with pytest.raises(ValueError, match="coarsest it allows is 'minute'"):
+        count_events(big_log, EventFilter(since=BASE + timedelta(minutes=1)), source="hour")
 
 
 def test_get_event_is_the_latest_copy_in_json_friendly_form(events):

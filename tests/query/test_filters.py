@@ -17,10 +17,12 @@ from ievents.query.filters import (
     InvalidFilter,
     Query,
     count_query,
+    count_source,
     decode_cursor,
     encode_cursor,
     get_query,
     list_query,
+    on_boundary,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -51,9 +53,15 @@ def where_of(query: Query) -> str:
 )
 def test_each_field_adds_one_condition_and_binds_its_value(field, value, condition):
     flt = EventFilter(**{field: value})
-    for query in (list_query(flt), count_query(flt), count_query(flt, "status"), count_query(flt, "type")):
+    raw_counts = [count_query(flt, by, "raw") for by in (None, "status", "type")]
+    for query in (list_query(flt), *raw_counts):
         assert where_of(query) == condition
         assert query.parameters[field] == value
+    for source in ("hour", "minute"):
+        for by in (None, "status", "type"):
+            query = count_query(flt, by, source)
+            assert where_of(query) == condition.replace("occurred_at", "bucket")
+            assert query.parameters[field] == value
 
 
 def test_unfiltered_list_reads_final_newest_first_with_one_extra_row():
@@ -174,14 +182,91 @@ def test_malformed_cursor_is_an_invalid_filter(token):
         list_query(EventFilter.model_construct(cursor=token, limit=50))
 
 
-def test_counts_ignore_paging_and_group_largest_first():
+@pytest.mark.parametrize(
+    ("source", "table", "n"),
+    [
+        ("raw", "integration_events FINAL", "count()"),
+        ("hour", "integration_events_per_hour", "sum(events)"),
+        ("minute", "integration_events_per_minute", "sum(events)"),
+    ],
+)
+def test_counts_ignore_paging_and_group_largest_first(source, table, n):
     flt = EventFilter(account_id="acme", limit=5, cursor=encode_cursor(CURSOR))
-    total, by_status, by_type = count_query(flt), count_query(flt, "status"), count_query(flt, "type")
-    assert total.sql == "SELECT count() AS n FROM integration_events FINAL WHERE account_id = {account_id:String}"
-    assert by_status.sql.startswith("SELECT status AS key, count() AS n FROM integration_events FINAL WHERE")
+    total, by_status, by_type = (count_query(flt, by, source) for by in (None, "status", "type"))
+    assert total.sql == f"SELECT {n} AS n FROM {table} WHERE account_id = {{account_id:String}}"
+    assert by_status.sql.startswith(f"SELECT status AS key, {n} AS n FROM {table} WHERE")
     assert by_status.sql.endswith(" GROUP BY status ORDER BY n DESC, key")
     assert by_type.sql.endswith(" GROUP BY type ORDER BY n DESC, key")
     assert total.parameters == by_status.parameters == by_type.parameters == {"account_id": "acme"}
+
+
+PARIS = timezone(timedelta(hours=2))
+KOLKATA = timezone(timedelta(hours=5, minutes=30))
+
+
+@pytest.mark.parametrize(
+    ("fields", "source"),
+    [
+        ({}, "hour"),
+        ({"account_id": "acme", "integration_id": "shop-1", "status": "failure", "type": "order", "direction": "push"}, "hour"),
+        ({"since": T0}, "hour"),
+        ({"until": T0 + timedelta(days=3)}, "hour"),
+        ({"since": T0, "until": T0 + timedelta(hours=1)}, "hour"),
+        ({"since": datetime(2024, 5, 1, 14, 0, tzinfo=PARIS)}, "hour"),  # 12:00 UTC
+        ({"since": datetime(2024, 5, 1, 14, 0, tzinfo=KOLKATA)}, "minute"),  # 08:30 UTC
+        ({"since": T0, "until": T0 + timedelta(minutes=1)}, "minute"),
+        ({"since": T0 + timedelta(minutes=59)}, "minute"),
+        ({"since": T0 + timedelta(seconds=1)}, "raw"),
+        ({"since": T0, "until": T0 + timedelta(milliseconds=1)}, "raw"),
+        ({"until": T0 + timedelta(microseconds=1)}, "raw"),
+        ({"account_id": "acme", "limit": 7, "cursor": encode_cursor(CURSOR)}, "hour"),
+    ],
+)
+def test_counts_come_from_the_coarsest_rollup_the_bounds_fall_on(fields, source):
+    flt = EventFilter(**fields)
+    assert count_source(flt) == source
+    expected_table = {"hour": "_per_hour", "minute": "_per_minute", "raw": " FINAL"}[source]
+    assert f"FROM integration_events{expected_table}" in count_query(flt).sql
+
+
+@pytest.mark.parametrize(
+    ("instant", "seconds", "aligned"),
+    [
+        (T0, 3600, True),
+        (T0, 60, True),
+        (T0 + timedelta(minutes=30), 3600, False),
+        (T0 + timedelta(minutes=30), 60, True),
+        (T0 + timedelta(seconds=59), 60, False),
+        (T0 + timedelta(microseconds=1000), 60, False),
+        (datetime(1969, 12, 31, 23, 0, tzinfo=timezone.utc), 3600, True),
+        (datetime(2024, 5, 1, 17, 30, tzinfo=KOLKATA), 3600, True),
+    ],
+)
+def test_bucket_boundaries_are_utc(instant, seconds, aligned):
+    assert on_boundary(instant, seconds) is aligned
+
+
+def test_a_filter_field_the_rollups_do_not_keep_counts_the_raw_table():
+    """A field added to EventFilter later must not be silently ignored by a rollup that lacks it."""
+
+    class WiderFilter(EventFilter):
+        error_category: str | None = None
+
+    assert count_source(WiderFilter(account_id="acme")) == "hour"
+    assert count_source(WiderFilter(account_id="acme", error_category="auth")) == "raw"
+
+
+@pytest.mark.parametrize(
+    ("fields", "source", "message"),
+    [
+        ({"since": T0 + timedelta(minutes=1)}, "hour", "coarsest it allows is 'minute'"),
+        ({"until": T0 + timedelta(seconds=1)}, "minute", "coarsest it allows is 'raw'"),
+        ({}, "daily", "cannot count from 'daily'"),
+    ],
+)
+def test_a_source_the_filter_cannot_use_is_refused(fields, source, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        count_query(EventFilter(**fields), source=source)  # type: ignore[arg-type]
 
 
 def test_counting_by_an_unknown_dimension_is_refused():

@@ -113,3 +113,11 @@ def test_truncated_and_trailing_bytes_are_invalid_avro():
 def test_a_record_that_does_not_fit_the_schema_is_refused_before_sending(broken):
     with pytest.raises(InvalidRecord):
         AvroCodec(LocalSchemaCatalog(), RAW).encode(raw_event(**broken))
+
+
+def test_without_logical_types_uuids_stay_text_and_timestamps_stay_epoch_millis():
+    event = raw_event()
+    data = AvroCodec(LocalSchemaCatalog(), RAW).encode(event)
+    decoded = AvroCodec(LocalSchemaCatalog(), RAW, logical_types=False).decode(data)
+    assert decoded["event_id"] == event["event_id"]
+    assert decoded["occurred_at"] == int(event["occurred_at"].timestamp() * 1000)
