@@ -109,3 +109,10 @@ def test_bench_stream_reports_both_sides_and_their_ratio(cli_env):
         assert result[side]["events_out"] == 3000
         assert result[side]["events_per_second"] > 0
     assert result["ratio"] == round(result["stream"]["events_per_second"] / result["passthrough"]["events_per_second"], 3)
+
+
+def test_bench_sink_reports_the_sink_and_its_storage_baseline(cli_env):
+    result = json.loads(ievents(cli_env, "bench", "sink", "--rows", "30000", "--json", timeout=300).stdout)
+    assert result["stored"] == result["rows"] == 30000
+    assert result["sink_rows_per_second"] > 0 and result["direct_insert_rows_per_second"] > 0
+    assert result["ratio"] == round(result["sink_rows_per_second"] / result["direct_insert_rows_per_second"], 3)

@@ -223,7 +223,7 @@ def _tokens(sql: str) -> Iterator[_Token]:
 
 def _skip_block_comment(sql: str, index: int) -> int:
     """Past the end of a ``/* */`` comment starting at ``index`` (ClickHouse nests them)."""
-    depth, index = 0, index
+    depth = 0
     while index < len(sql):
         if sql.startswith("/*", index):
             depth, index = depth + 1, index + 2

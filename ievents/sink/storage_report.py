@@ -102,8 +102,11 @@ def measure_storage(
         "lookup_by_id": _lookups(bench, correct),
         "existence_check": _existence(bench, correct),
     }
-    if codecs:
-        report["codecs"] = _codecs(bench)
+    try:
+        if codecs:
+            report["codecs"] = _codecs(bench)
+    finally:
+        client.command("DROP TABLE IF EXISTS storage_bench_designed")
     report["race"] = _race(client, bench, correct)
     correct["all"] = _all_true(correct)
     report["correctness"] = correct
@@ -179,6 +182,13 @@ def _settle(client: Client, timeout: float = 120.0) -> None:
 
 
 def _storage(client: Client, rows: int) -> dict[str, Any]:
+    """Sizes of the table as the inserts and merges left it, and per column from a fully merged copy.
+
+    Per-column sizes come from the copy because small parts are written in the
+    compact format (every column in one file), whose columns have no size of
+    their own; the copy is merged to one wide part per partition.
+    """
+    copy = _copy(client, "designed", {})
     columns = {
         name: {"type": type_, "codec": codec, "compressed_bytes": compressed, "uncompressed_bytes": uncompressed,
                "ratio": round(uncompressed / compressed, 2) if compressed else None,
@@ -186,7 +196,7 @@ def _storage(client: Client, rows: int) -> dict[str, Any]:
         for name, type_, codec, compressed, uncompressed in client.query(
             "SELECT name, type, compression_codec, data_compressed_bytes, data_uncompressed_bytes FROM system.columns "
             "WHERE database = currentDatabase() AND table = {table:String} ORDER BY data_compressed_bytes DESC",
-            parameters={"table": TABLE}).result_rows
+            parameters={"table": copy}).result_rows
     }
     parts, partitions, on_disk, compressed, uncompressed, primary, marks, skip = client.query(
         "SELECT count(), uniqExact(partition), sum(bytes_on_disk), sum(data_compressed_bytes), "
@@ -203,6 +213,7 @@ def _storage(client: Client, rows: int) -> dict[str, Any]:
     }
     return {
         "columns": columns,
+        "columns_total_compressed_bytes": sum(column["compressed_bytes"] for column in columns.values()),
         "total": {"compressed_bytes": compressed, "uncompressed_bytes": uncompressed, "bytes_on_disk": on_disk,
                   "ratio": round(uncompressed / compressed, 2) if compressed else None},
         "bytes_per_event": round(on_disk / rows, 1),
@@ -218,21 +229,20 @@ def _storage(client: Client, rows: int) -> dict[str, Any]:
 
 
 class _Bench:
-    """Runs a query ``repeats`` times after a warm-up: median milliseconds, rows read, and the result."""
+    """Runs a query ``repeats`` times after a warm-up: median milliseconds and the result.
+
+    ``rows_to_read`` is what the engine plans to read after the primary key and
+    skip indexes pruned granules (``EXPLAIN ESTIMATE``); chDB reports no rows
+    read per query, and this is the figure an index changes.
+    """
 
     def __init__(self, client: Client, repeats: int) -> None:
         self.client = client
         self.repeats = max(1, repeats)
 
-    def run(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> tuple[float, int, list]:
-        result = self.client.query(sql, parameters=parameters, settings=settings)
-        times = []
-        for _ in range(self.repeats):
-            started = time.perf_counter()
-            result = self.client.query(sql, parameters=parameters, settings=settings)
-            times.append(time.perf_counter() - started)
-        read = int(result.summary.get("read_rows", 0)) if result.summary else 0
-        return round(statistics.median(times) * 1000, 2), read, result.result_rows
+    def run(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> tuple[float, list]:
+        ms, result = self.call(self.client.query, sql, parameters=parameters, settings=settings)
+        return ms, result.result_rows
 
     def call(self, function, *args, **kwargs) -> tuple[float, Any]:
         value = function(*args, **kwargs)
@@ -242,6 +252,10 @@ class _Bench:
             value = function(*args, **kwargs)
             times.append(time.perf_counter() - started)
         return round(statistics.median(times) * 1000, 2), value
+
+    def rows_to_read(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> int:
+        result = self.client.query(f"EXPLAIN ESTIMATE {sql}", parameters=parameters, settings=settings)
+        return sum(row[result.column_names.index("rows")] for row in result.result_rows)
 
 
 def _counts(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +268,7 @@ def _counts(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
     }
     timings, answers = {}, {}
     for name, sql in queries.items():
-        timings[name], _, result = bench.run(sql)
+        timings[name], result = bench.run(sql)
         answers[name] = result[0][0]
     correct["count"] = {f"{name}_equals_final": answers[name] == answers["final"]
                         for name in ("uniq_exact", "rollup_hour", "rollup_minute")}
@@ -305,12 +319,12 @@ def _pages(bench: _Bench, correct: dict[str, Any], key: str) -> dict[str, Any]:
     account = _busiest_account(bench.client)
     timings, answers, read = {}, {}, {}
     for name, sql in _page_queries(_table_columns(bench.client)).items():
-        timings[name], read[name], answers[name] = bench.run(sql, {"account": account})
+        timings[name], answers[name] = bench.run(sql, {"account": account})
+        read[name] = bench.rows_to_read(sql, {"account": account})
     correct[key] = {f"{name}_equals_final": answers[name] == answers["final"] and len(answers["final"]) == min(
         PAGE_SIZE, _scalar(bench.client, f"SELECT count() FROM {TABLE} FINAL WHERE account_id = {{a:String}}",
                            {"a": account})) for name in ("limit_1_by", "argmax")}
-    return {"account": account, "rows": len(answers["final"]), **timings,
-            "read_rows": read}
+    return {"account": account, "rows": len(answers["final"]), **timings, "rows_to_read": read}
 
 
 def _lookups(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
@@ -331,12 +345,12 @@ def _lookups(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
         for variant, settings in variants.items():
             times, reads, found = [], [], []
             for event_id, account in sample:
-                ms, read, result = bench.run(sql, {"id": event_id, "account": account}, settings)
+                ms, result = bench.run(sql, {"id": event_id, "account": account}, settings)
                 times.append(ms)
-                reads.append(read)
+                reads.append(bench.rows_to_read(sql, {"id": event_id, "account": account}, settings))
                 found.append(result)
             out[f"{shape}_{variant}"] = round(statistics.median(times), 2)
-            out[f"{shape}_{variant}_read_rows"] = int(statistics.median(reads))
+            out[f"{shape}_{variant}_rows_to_read"] = int(statistics.median(reads))
             if variant == "bloom":
                 expected = found
             same = same and found == expected and all(len(rows) == 1 for rows in found)
@@ -345,7 +359,7 @@ def _lookups(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
 
 
 def _existence(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
-    """The sink's question per batch, "which of these event_ids are stored?", in three SQL shapes.
+    """The sink's question per batch, "which of these event_ids are stored?", in four SQL shapes.
 
     Two batches of the newest events: a re-delivered one (every id stored) and
     a new one (same accounts, integrations and times, fresh ids: none stored).
@@ -358,6 +372,9 @@ def _existence(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
     batches = {"redelivered": batch, "new": [(*key[:3], new_id) for key, (new_id,) in zip(batch, fresh)]}
     by_range = (f"SELECT DISTINCT toString(event_id) FROM {TABLE} WHERE occurred_at BETWEEN "
                 "{lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')} AND event_id IN {ids:Array(UUID)}")
+    by_accounts = (f"SELECT DISTINCT toString(event_id) FROM {TABLE} WHERE account_id IN {{accounts:Array(String)}} "
+                   "AND occurred_at BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')} "
+                   "AND event_id IN {ids:Array(UUID)}")
     by_key = (f"SELECT DISTINCT toString(event_id) FROM {TABLE} WHERE (account_id, integration_id, occurred_at, event_id) "
               "IN {keys:Array(Tuple(String, String, DateTime64(3, 'UTC'), UUID))}")
     out: dict[str, Any] = {"batch_rows": len(batch)}
@@ -369,11 +386,13 @@ def _existence(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
         for shape, sql, params, settings in (
             ("range_and_ids_bloom", by_range, by_range_params, None),
             ("range_and_ids_no_skip_index", by_range, by_range_params, {"use_skip_indexes": 0}),
+            ("accounts_range_and_ids", by_accounts,
+             {**by_range_params, "accounts": sorted({key[0] for key in keys})}, None),
             ("sorting_key_tuples", by_key, {"keys": keys}, None),
         ):
-            ms, read, result = bench.run(sql, params, settings)
+            ms, result = bench.run(sql, params, settings)
             out[f"{name}_{shape}"] = ms
-            out[f"{name}_{shape}_read_rows"] = read
+            out[f"{name}_{shape}_rows_to_read"] = bench.rows_to_read(sql, params, settings)
             agree = agree and {row[0] for row in result} == expected
         out[f"{name}_span_seconds"] = round((max(times) - min(times)).total_seconds(), 1)
     correct["existence_check"] = {"every_shape_finds_exactly_the_stored_ids": agree}
@@ -383,45 +402,51 @@ def _existence(bench: _Bench, correct: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- codecs
 
 
+def _copy(client: Client, variant: str, changes: dict[str, str]) -> str:
+    """A copy of the table with some columns' types or codecs changed, filled with its rows and merged."""
+    copy = f"storage_bench_{variant}"
+    client.command(f"DROP TABLE IF EXISTS {copy}")
+    client.command(_copy_ddl(client.query(f"SHOW CREATE TABLE {TABLE}").result_rows[0][0], copy, changes))
+    client.command(f"INSERT INTO {copy} SELECT * FROM {TABLE}")
+    client.command(f"OPTIMIZE TABLE {copy} FINAL")
+    return copy
+
+
 def _codecs(bench: _Bench) -> dict[str, Any]:
-    """Each variant on its own copy of the table (same rows, merged to one part per partition) against a copy
+    """Each variant on its own copy of the table (same rows, merged to one part per partition) against the copy
     with the designed codecs: bytes of the columns it changes, and the time of a search over the heavy columns."""
     client = bench.client
-    copies = {"designed": {}, **CODEC_VARIANTS}
     sizes: dict[str, dict[str, int]] = {}
     scans: dict[str, float] = {}
-    create = client.query(f"SHOW CREATE TABLE {TABLE}").result_rows[0][0]
-    for variant, changes in copies.items():
-        copy = f"storage_bench_{variant}"
-        client.command(f"DROP TABLE IF EXISTS {copy}")
-        client.command(_copy_ddl(create, copy, changes))
-        client.command(f"INSERT INTO {copy} SELECT * FROM {TABLE}")
-        client.command(f"OPTIMIZE TABLE {copy} FINAL")
-        sizes[variant] = {name: compressed for name, compressed in client.query(
-            "SELECT name, data_compressed_bytes FROM system.columns "
-            "WHERE database = currentDatabase() AND table = {table:String}", parameters={"table": copy}).result_rows}
-        scans[variant], _, _ = bench.run(_SCAN.format(table=copy))
     try:
-        out: dict[str, Any] = {"scan_heavy_columns_ms": scans, "variants": {}}
-        for variant, changes in CODEC_VARIANTS.items():
-            out["variants"][variant] = {
-                column: {"designed_bytes": sizes["designed"][column], "variant_bytes": sizes[variant][column],
-                         "variant_type": type_}
-                for column, type_ in changes.items()
-            }
-            designed = sum(sizes["designed"][column] for column in changes)
-            out["variants"][variant]["_changed_columns_total"] = {
-                "designed_bytes": designed, "variant_bytes": sum(sizes[variant][column] for column in changes),
-            }
-        out["designed_copy_total_bytes"] = sum(sizes["designed"].values())
-        return out
+        for variant, changes in {"designed": {}, **CODEC_VARIANTS}.items():
+            copy = f"storage_bench_{variant}" if variant == "designed" else _copy(client, variant, changes)
+            sizes[variant] = {name: compressed for name, compressed in client.query(
+                "SELECT name, data_compressed_bytes FROM system.columns "
+                "WHERE database = currentDatabase() AND table = {table:String}", parameters={"table": copy}).result_rows}
+            scans[variant], _ = bench.run(_SCAN.format(table=copy))
+            if variant != "designed":
+                client.command(f"DROP TABLE {copy}")
     finally:
-        for variant in copies:
+        for variant in CODEC_VARIANTS:
             client.command(f"DROP TABLE IF EXISTS storage_bench_{variant}")
+    out: dict[str, Any] = {"scan_heavy_columns_ms": scans, "variants": {}}
+    for variant, changes in CODEC_VARIANTS.items():
+        out["variants"][variant] = {
+            column: {"designed_bytes": sizes["designed"][column], "variant_bytes": sizes[variant][column],
+                     "variant_type": type_}
+            for column, type_ in changes.items()
+        }
+        out["variants"][variant]["_changed_columns"] = {
+            "designed_bytes": sum(sizes["designed"][column] for column in changes),
+            "variant_bytes": sum(sizes[variant][column] for column in changes),
+        }
+    return out
 
 
 def _copy_ddl(create: str, copy: str, changes: dict[str, str]) -> str:
-    """``SHOW CREATE TABLE`` text made into a copy: another name, no skip index, some columns' types and codecs changed.
+    """``SHOW CREATE TABLE`` text made into a copy: another name, no skip index, wide parts whatever their
+    size (so every column has a size), some columns' types and codecs changed.
 
     Rewritten as text because ALTER refuses to change the type of a sorting-key column.
     """
@@ -435,6 +460,8 @@ def _copy_ddl(create: str, copy: str, changes: dict[str, str]) -> str:
         elif stripped.startswith("`") and stripped.split("`")[1] in changes:
             column = stripped.split("`")[1]
             line = f"    `{column}` {changes[column]}{',' if stripped.endswith(',') else ''}"
+        elif stripped.startswith("SETTINGS "):
+            line = f"{line}, min_bytes_for_wide_part = 0, min_rows_for_wide_part = 0"
         lines.append(line)
     return "\n".join(lines)
 
@@ -460,6 +487,7 @@ def _race(client: Client, bench: _Bench, correct: dict[str, Any]) -> dict[str, A
     final = _scalar(client, f"SELECT count() FROM {TABLE} FINAL")
     uniq = _scalar(client, f"SELECT uniqExact(event_id) FROM {TABLE}")
     rolled = _scalar(client, "SELECT sum(events) FROM integration_events_per_hour")
+    _settle(client)
     page = _pages(bench, correct, "page_after_race")
     correct["race"] = {
         "final_count_unchanged": final == before,
