@@ -145,7 +145,10 @@ def up(
         settings = stack.settings
         generated_key = not settings.operator_key
         if generated_key:
+            # Kept beside the data (owner-only) so the local CLI can use the API without copying the key around.
             settings = settings.model_copy(update={"operator_key": secrets.token_urlsafe(24)})
+            settings.operator_key_file.write_text(settings.operator_key)
+            settings.operator_key_file.chmod(0o600)
         simulator = threading.Thread(
             target=publish, daemon=True,
             args=(open_producer(settings), simulate_events(10**9, accounts=accounts, seed=int(time.time()))),
@@ -165,7 +168,7 @@ def up(
                 f"Simulator       {rate:g} events/s over {accounts} accounts" if rate else "Simulator       off",
                 f"Logs            {settings.data_dir / 'logs'}",
                 f"Operator key    {settings.operator_key if generated_key else '(from IEVENTS_OPERATOR_KEY)'}"
-                "   (IEVENTS_OPERATOR_KEY for `ievents sql` and POST /api/v1/sql)",
+                f"   (saved in {settings.operator_key_file} for the local CLI)" if generated_key else "",
                 "",
                 "Try: ievents events list    ievents events count    (Ctrl-C stops everything)",
             ]),
@@ -276,16 +279,22 @@ def _query(path: str, params: dict[str, Any]) -> dict[str, Any]:
         result = list_events(client, flt) if path.endswith("/events") else count_events(client, flt)
         return dataclasses.asdict(result)
 
-    return _api_or_local(lambda base: httpx.get(f"{base}{path}", params=params, timeout=30), local)
+    return _api_or_local(lambda base, auth: httpx.get(f"{base}{path}", params=params, headers=auth, timeout=30), local)
+
+
+def _auth_headers(settings: Settings) -> dict[str, str]:
+    """The key this CLI presents: IEVENTS_API_KEY (one account), else the operator key of this data folder."""
+    key = settings.api_key or settings.resolved_operator_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _api_or_local(
-    ask_api: Callable[[str], Any], local: Callable[[Any], dict[str, Any]],
+    ask_api: Callable[[str, dict[str, str]], Any], local: Callable[[Any], dict[str, Any]],
     api_error: Callable[[Any], str] = lambda response: f"{response.status_code} from {response.url}: {response.text}",
 ) -> dict[str, Any]:
     """Ask the running API when there is one, else open the ClickHouse data ourselves: same answer either way.
 
-    ``ask_api(base_url)`` sends the request; ``local(client)`` computes the same answer on a ClickHouse
+    ``ask_api(base_url, auth_headers)`` sends the request; ``local(client)`` computes the same answer on a ClickHouse
     client; ``api_error(response)`` words a non-200 answer. Only an API that does not answer at all
     (nothing listens) sends us to the data folder, which fails clearly when another process holds it.
     """
@@ -295,7 +304,7 @@ def _api_or_local(
 
     settings = Settings()
     try:
-        response = ask_api(settings.api_base_url)
+        response = ask_api(settings.api_base_url, _auth_headers(settings))
     except (httpx.ConnectError, httpx.ConnectTimeout):
         if settings.api_url:
             raise fail(f"The API at {settings.api_url} does not answer; is it running?") from None
@@ -396,8 +405,6 @@ def sql_command(
     if as_csv and as_json:
         raise fail("Choose one of --csv and --json.")
     statement = sys.stdin.read() if query == "-" else query
-    key = Settings().operator_key
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def local(client: Any) -> dict[str, Any]:
         from ievents.query.sql import SqlError, run_readonly
@@ -409,8 +416,8 @@ def sql_command(
 
     result = _api_or_local(
         # The server stops the query after its own timeout (30 s); wait a little longer than that.
-        lambda base: httpx.post(f"{base}/api/v1/sql", json={"sql": statement, "limit": limit}, headers=headers,
-                                timeout=60),
+        lambda base, auth: httpx.post(f"{base}/api/v1/sql", json={"sql": statement, "limit": limit}, headers=auth,
+                                      timeout=60),
         local, _sql_api_error,
     )
     if as_json:

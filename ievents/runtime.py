@@ -176,7 +176,7 @@ def serve_api(settings: Settings, service: SinkService | None = None) -> None:
         factory = lambda: connect(settings.clickhouse_dsn, settings.clickhouse_database)  # noqa: E731
     try:
         uvicorn.run(
-            create_app(factory, settings.operator_key), host=settings.api_host, port=settings.api_port,
+            create_app(factory, settings.resolved_operator_key(), settings.api_keys), host=settings.api_host, port=settings.api_port,
             log_level="warning", lifespan="off",
         )
     except KeyboardInterrupt:

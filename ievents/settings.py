@@ -54,7 +54,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_url: str = ""
     # Bearer key for POST /api/v1/sql (read-only SQL); empty turns that route off (`ievents up` generates one).
+    # Access: the operator key sees every account; each API key sees one account ({"<key>": "<account_id>"}).
+    # Empty operator key: `ievents up` generates one into <data_dir>/operator.key for the local CLI.
     operator_key: str = ""
+    api_keys: dict[str, str] = {}
+    # The key the CLI presents to the API (default: the operator key).
+    api_key: str = ""
 
     @cached_property
     def clickhouse_dsn(self) -> str:
@@ -62,6 +67,19 @@ class Settings(BaseSettings):
         if self.clickhouse_url:
             return self.clickhouse_url
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def operator_key_file(self) -> Path:
+        return self.data_dir / "operator.key"
+
+    def resolved_operator_key(self) -> str:
+        """The configured operator key, else the one ``ievents up`` generated for this data folder."""
+        if self.operator_key:
+            return self.operator_key
+        try:
+            return self.operator_key_file.read_text().strip()
+        except OSError:
+            return ""
 
     @property
     def api_base_url(self) -> str:

@@ -63,10 +63,13 @@ def test_up_serves_the_log_and_ctrl_c_leaves_no_process_behind(cli_env, tmp_path
     log = open(tmp_path / "up.log", "w")
     up = subprocess.Popen([sys.executable, "-m", "ievents", "up", "--rate", "100"], env=cli_env, stdout=log, stderr=log)
     try:
+        key_file = Path(cli_env["IEVENTS_DATA_DIR"]) / "operator.key"
+
         def stored() -> int:
             try:
-                return httpx.get(f"{base}/api/v1/events/count", timeout=5).json()["total"]
-            except httpx.HTTPError:
+                auth = {"Authorization": f"Bearer {key_file.read_text()}"}
+                return httpx.get(f"{base}/api/v1/events/count", headers=auth, timeout=5).json()["total"]
+            except (httpx.HTTPError, OSError):
                 return 0
 
         def up_alive() -> None:
@@ -79,6 +82,8 @@ def test_up_serves_the_log_and_ctrl_c_leaves_no_process_behind(cli_env, tmp_path
         assert all(event["status"] == "failure" for event in failures["events"])
         counted = json.loads(ievents(cli_env, "events", "count", "--json").stdout)
         assert counted["total"] == sum(counted["by_status"].values()) >= 20
+        assert httpx.get(f"{base}/api/v1/events").status_code == 401  # the API needs a key
+        assert key_file.stat().st_mode & 0o077 == 0  # the generated operator key is owner-only
         assert "ievents_api_request_duration_seconds" in httpx.get(f"{base}/metrics").text
 
         children = descendants(up.pid)

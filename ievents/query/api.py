@@ -9,7 +9,6 @@ must not run two queries at once.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,12 +17,13 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
+from ievents.query.access import Caller, KeyRing
 from ievents.query.events import EventCounts, EventPage, count_events, get_event, list_events
 from ievents.query.filters import EventFilter, InvalidFilter
 from ievents.query.sql import DEFAULT_LIMIT, MAX_LIMIT, SqlError, run_readonly
@@ -67,26 +67,40 @@ class SqlRequest(BaseModel):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="At most this many rows come back.")
 
 
-def create_app(client_factory: Callable[[], Client], operator_key: str = "") -> FastAPI:
+def create_app(
+    client_factory: Callable[[], Client], operator_key: str = "", api_keys: dict[str, str] | None = None,
+) -> FastAPI:
     """The query API on the client ``client_factory`` returns (called once, on the first request that needs it).
 
-    ``operator_key`` guards ``POST /api/v1/sql``; without one that route answers 403.
+    Every ``/api/v1`` route needs a key: ``operator_key`` sees all accounts (and may run SQL), each of
+    ``api_keys`` (key -> account id) sees one account.
     """
     shared = SharedClient(client_factory)
+    keys = KeyRing(operator_key, api_keys)
     app = FastAPI(title="ievents: Integration Events log", version="1")
-    bearer = HTTPBearer(auto_error=False, description="The operator key (IEVENTS_OPERATOR_KEY).")
+    bearer = HTTPBearer(auto_error=False, description="An API key, or the operator key (IEVENTS_OPERATOR_KEY).")
 
-    # A default, not an Annotated hint: with postponed annotations FastAPI could not see the local ``bearer``.
-    def require_operator(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        """403 when no operator key is configured, 401 unless the request carries it (compared in constant time)."""
+    # Defaults, not Annotated hints: with postponed annotations FastAPI could not see the local ``bearer``.
+    def presented_key(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+        x_api_key: str | None = Header(None, include_in_schema=False),
+    ) -> str | None:
+        return credentials.credentials if credentials else x_api_key
+
+    def caller(key: str | None = Depends(presented_key)) -> Caller:
+        """The authenticated caller (401 without a valid key)."""
+        return keys.identify(key)
+
+    def require_operator(key: str | None = Depends(presented_key)) -> None:
+        """403 when no operator key is configured or an account key is used; 401 without a valid key."""
         if not operator_key:
             raise HTTPException(403, "SQL over HTTP is off: the API has no operator key (set IEVENTS_OPERATOR_KEY).")
-        given = credentials.credentials if credentials else ""
-        if not secrets.compare_digest(given.encode(), operator_key.encode()):
-            raise HTTPException(
-                401, "An operator key is required: send Authorization: Bearer <operator key>.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        if not keys.identify(key).is_operator:
+            raise HTTPException(403, "Only the operator key may run SQL.")
+
+    def scoped(flt: EventFilter, who: Caller) -> EventFilter:
+        """The filter limited to what the caller may see."""
+        return flt.model_copy(update={"account_id": who.account_scope(flt.account_id)})
 
     @app.middleware("http")
     async def observe_duration(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -107,22 +121,22 @@ def create_app(client_factory: Callable[[], Client], operator_key: str = "") -> 
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/api/v1/events")
-    def events(flt: Annotated[EventFilter, Query()]) -> EventPage:
+    def events(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> EventPage:
         """Events newest first; follow ``next_cursor`` (same filters) for the next page."""
         with shared.borrow() as client:
-            return list_events(client, flt)
+            return list_events(client, scoped(flt, who))
 
     # Declared before /events/{event_id}, which would otherwise claim "count" as an id.
     @app.get("/api/v1/events/count")
-    def events_count(flt: Annotated[EventFilter, Query()]) -> EventCounts:
+    def events_count(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> EventCounts:
         """The event counter for a filter; ``cursor`` and ``limit`` are accepted and ignored."""
         with shared.borrow() as client:
-            return count_events(client, flt)
+            return count_events(client, scoped(flt, who))
 
     @app.get("/api/v1/events/{event_id}")
-    def event_detail(event_id: UUID, account_id: str | None = None) -> dict[str, Any]:
+    def event_detail(event_id: UUID, account_id: str | None = None, who: Caller = Depends(caller)) -> dict[str, Any]:
         with shared.borrow() as client:
-            event = get_event(client, event_id, account_id)
+            event = get_event(client, event_id, who.account_scope(account_id))
         if event is None:
             raise HTTPException(status_code=404, detail=f"no event {event_id}")
         return event

@@ -45,9 +45,12 @@ def stored(clickhouse):
     return clickhouse
 
 
+OPERATOR = {"Authorization": "Bearer operator-key"}
+
+
 @pytest.fixture
 def api(stored):
-    return TestClient(create_app(lambda: stored))
+    return TestClient(create_app(lambda: stored, operator_key="operator-key"), headers=OPERATOR)
 
 
 def test_list_pages_through_every_event_once(api):
@@ -141,7 +144,7 @@ def test_the_client_is_opened_once_on_first_use(stored):
         calls.append(1)
         return stored
 
-    api = TestClient(create_app(factory))
+    api = TestClient(create_app(factory, operator_key="operator-key"), headers=OPERATOR)
     assert calls == []
     for path in ("/healthz", "/api/v1/events", "/api/v1/events/count"):
         assert api.get(path).status_code == 200

@@ -238,7 +238,7 @@ def test_the_route_is_401_without_the_operator_key(api, headers):
     response = api.post("/api/v1/sql", json={"sql": "SELECT 1"}, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert "operator key" in response.json()["detail"]
+    assert "API key is required" in response.json()["detail"]
 
 
 def test_the_route_is_403_when_no_operator_key_is_configured(stored):
