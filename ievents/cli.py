@@ -73,7 +73,7 @@ def migrate() -> None:
 
     settings = Settings()
     try:
-        applied = apply(connect(settings.clickhouse_dsn, settings.clickhouse_database))
+        applied = apply(connect(settings.clickhouse_dsn, settings.clickhouse_database), settings.retention_days)
     except ClickHouseUnavailable as exc:
         raise fail(str(exc)) from None
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")

@@ -132,7 +132,7 @@ class SinkService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = connect(settings.clickhouse_dsn, settings.clickhouse_database)
-        migrate(self.client)
+        migrate(self.client, settings.retention_days)
         self._stop = threading.Event()
         self._sink = build_sink(settings)
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)

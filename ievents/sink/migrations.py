@@ -2,9 +2,10 @@
 then the retention (TTL) the settings ask for.
 
 Every statement is written to be safe to repeat (``IF NOT EXISTS``, ``ADD COLUMN
-IF NOT EXISTS``, backfills carrying a fixed deduplication token), so a process
-that dies between applying a file and recording it, or two processes starting
-at once, leave the same schema and the same counts behind.
+IF NOT EXISTS``, codec and setting changes, backfills guarded by a marker and a
+fixed deduplication token), so a process that dies between applying a file and
+recording it, or two processes starting at once, leave the same schema and the
+same counts behind.
 
 Retention is not a numbered file because it follows a setting that can change:
 ``apply_retention`` compares the TTL each table has with the one wanted and

@@ -208,7 +208,10 @@ KOLKATA = timezone(timedelta(hours=5, minutes=30))
     ("fields", "source"),
     [
         ({}, "hour"),
-        ({"account_id": "acme", "integration_id": "shop-1", "status": "failure", "type": "order", "direction": "push"}, "hour"),
+        (
+            {"account_id": "acme", "integration_id": "shop-1", "status": "failure", "type": "order", "direction": "push"},
+            "hour",
+        ),
         ({"since": T0}, "hour"),
         ({"until": T0 + timedelta(days=3)}, "hour"),
         ({"since": T0, "until": T0 + timedelta(hours=1)}, "hour"),

@@ -286,9 +286,13 @@ def test_the_key_is_never_logged(api, caplog):
 
 @pytest.fixture
 def cli_env(tmp_path) -> dict[str, str]:
-    """A fresh data folder with the table and three events in it, and an API port nothing listens on."""
+    """A fresh data folder with the table and three events in it, and an API port nothing listens on.
+
+    Retention is off (0 days): the fixed 2024 timestamps below would otherwise be past the default 365 days.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("IEVENTS_")}
-    env = {**env, "IEVENTS_DATA_DIR": str(tmp_path / "data"), "IEVENTS_API_PORT": str(free_port())}
+    env = {**env, "IEVENTS_DATA_DIR": str(tmp_path / "data"), "IEVENTS_API_PORT": str(free_port()),
+           "IEVENTS_RETENTION_DAYS": "0"}
     ievents(env, "migrate")
     here = os.path.dirname(__file__)
     subprocess.run(

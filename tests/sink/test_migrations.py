@@ -50,7 +50,10 @@ def test_files_are_numbered_uniquely_and_applied_in_order():
 
 
 def test_statements_are_split_on_semicolons_without_comment_lines():
-    sql = "-- heading; with a semicolon\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n  -- note\nALTER TABLE a\n  ADD COLUMN y UInt8;\n"
+    sql = (
+        "-- heading; with a semicolon\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n"
+        "  -- note\nALTER TABLE a\n  ADD COLUMN y UInt8;\n"
+    )
     assert split_statements(sql) == ["CREATE TABLE a (x UInt8) ENGINE = Memory", "ALTER TABLE a\n  ADD COLUMN y UInt8"]
 
 
@@ -66,7 +69,9 @@ def test_every_statement_is_written_to_be_repeated(path):
         elif re.match(r"ALTER TABLE \w+ (ADD|DROP) ", statement):
             assert re.match(r"ALTER TABLE \w+ (ADD|DROP) \w+ IF (NOT )?EXISTS", statement), statement
         else:
-            assert re.match(r"ALTER TABLE \w+ (MODIFY SETTING|MATERIALIZE INDEX) ", statement), statement
+            # Setting a setting, building an index, or a codec (metadata only) twice ends where once does.
+            assert re.match(r"ALTER TABLE \w+ (MODIFY SETTING |MATERIALIZE INDEX |MODIFY COLUMN \w+ CODEC\()",
+                            statement), statement
 
 
 @pytest.mark.parametrize(

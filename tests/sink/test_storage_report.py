@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
-from ievents.sink.migrations import ROLLUP_TABLES
+from ievents.clickhouse import connect
+from ievents.sink.migrations import ROLLUP_TABLES, migrate
 from ievents.sink.storage_report import CODEC_VARIANTS, measure_storage
 
 pytestmark = pytest.mark.integration
@@ -14,9 +16,20 @@ pytestmark = pytest.mark.integration
 ROWS = 5000
 
 
-@pytest.fixture
-def report(clickhouse):
-    return measure_storage(clickhouse, ROWS, seed=3, repeats=1)
+@pytest.fixture(scope="module")
+def bench_client(clickhouse_dsn):
+    """One measured database for the module: measuring takes seconds, and the tests only read the report."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    client = connect(clickhouse_dsn, database)
+    migrate(client)
+    yield client
+    client.command(f"DROP DATABASE IF EXISTS {database}")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def report(bench_client):
+    return measure_storage(bench_client, ROWS, seed=3, repeats=1)
 
 
 def test_every_alternative_read_path_returns_what_final_returns(report):
@@ -38,9 +51,9 @@ def test_the_residual_race_is_measured_not_hidden(report):
     assert race["rollup_hour_count"] - race["final_count"] == race["copies"] > 0
 
 
-def test_sizes_cover_every_column_and_add_up(report, clickhouse):
+def test_sizes_cover_every_column_and_add_up(report, bench_client):
     storage = report["storage"]
-    columns = {row[0] for row in clickhouse.query(
+    columns = {row[0] for row in bench_client.query(
         "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'integration_events'"
     ).result_rows}
     assert set(storage["columns"]) == columns
@@ -72,9 +85,9 @@ def test_codec_variants_are_compared_column_by_column(report):
     assert lz4["variant_bytes"] > lz4["designed_bytes"] > 0, "ZSTD on the text columns is smaller than LZ4"
 
 
-def test_the_report_is_json_and_leaves_no_copies_behind(report, clickhouse):
+def test_the_report_is_json_and_leaves_no_copies_behind(report, bench_client):
     json.dumps(report)
-    tables = {row[0] for row in clickhouse.query("SHOW TABLES").result_rows}
+    tables = {row[0] for row in bench_client.query("SHOW TABLES").result_rows}
     assert not {table for table in tables if table.startswith("storage_bench_")}
 
 
