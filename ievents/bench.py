@@ -7,9 +7,12 @@ not count against either side; the same bytes feed both sides.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -136,7 +139,6 @@ def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
     """
     import shutil
     import tempfile
-    from datetime import datetime, timezone
     from pathlib import Path
 
     from ievents.clickhouse import connect
@@ -192,4 +194,106 @@ def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
     finally:
         if broker:
             broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _latency(operation: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """p50 / p95 / max of ``repeats`` runs, in milliseconds (one untimed warm-up run first)."""
+    import statistics
+
+    operation()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        operation()
+        timings.append((time.perf_counter() - started) * 1000)
+    timings.sort()
+    return {"p50_ms": round(statistics.median(timings), 1),
+            "p95_ms": round(timings[max(0, round(0.95 * len(timings)) - 1)], 1), "max_ms": round(timings[-1], 1)}
+
+
+def _fill_events(client, rows: int, on_progress: Callable[[str, int], None], seed_rows: int = 1_000_000) -> None:
+    """``rows`` stored events: up to ``seed_rows`` simulated ones, then copies made inside ClickHouse.
+
+    Copies get fresh event_ids and are shifted back in time by whole periods of
+    the simulated span, so they look like more history of the same accounts
+    (Python generates about 80,000 events/s; ClickHouse copies millions per second).
+    """
+    from ievents.sink.storage_report import insert_batch, settle, simulated_rows
+
+    simulated = min(rows, seed_rows)
+    chunk: list[tuple] = []
+    for index, row in enumerate(simulated_rows(simulated, seed=5, accounts=20, days=30), start=1):
+        chunk.append(row)
+        if len(chunk) == 50_000 or index == simulated:
+            insert_batch(client, chunk, f"bench-query/{index}")
+            chunk = []
+            on_progress("filling", index)
+    originals_from = client.query("SELECT min(occurred_at) FROM integration_events").result_rows[0][0]
+    copies = 0
+    while (stored := simulated * (copies + 1)) < rows:
+        copies += 1
+        take = min(simulated, rows - stored)
+        client.command(
+            "INSERT INTO integration_events (* EXCEPT (stored_at)) SELECT * EXCEPT (stored_at) "
+            "REPLACE (generateUUIDv4() AS event_id, occurred_at - toIntervalDay(30 * {copy:UInt32}) AS occurred_at) "
+            "FROM integration_events WHERE occurred_at >= {originals_from:DateTime64(3, 'UTC')} LIMIT {take:UInt64}",
+            parameters={"copy": copies, "take": take, "originals_from": originals_from},
+            settings={"max_partitions_per_insert_block": 1000},
+        )
+        on_progress("filling", stored + take)
+    settle(client)
+
+
+def bench_query(rows: int, *, repeats: int = 20, export_rows: int = 100_000,
+                on_progress: Callable[[str, int], None] = lambda *_: None) -> dict[str, Any]:
+    """Latency of what the log page and API do, on ``rows`` stored events in a fresh chDB folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ievents.clickhouse import connect
+    from ievents.query.events import count_events, error_groups, export_csv, list_events
+    from ievents.query.filters import Cursor, EventFilter, encode_cursor
+    from ievents.sink.migrations import migrate
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ievents-bench-query-"))
+    try:
+        client = connect(f"chdb://{data_dir}", "bench_query")
+        migrate(client)
+        _fill_events(client, rows, on_progress)
+        stored = client.command("SELECT count() FROM integration_events")
+        account, account_events = client.query(
+            "SELECT account_id, count() AS n FROM integration_events GROUP BY account_id ORDER BY n DESC LIMIT 1"
+        ).result_rows[0]
+        deep = client.query(
+            "SELECT occurred_at, event_id FROM integration_events FINAL WHERE account_id = {a:String} "
+            "ORDER BY occurred_at DESC, event_id DESC LIMIT 1 OFFSET {n:UInt64}",
+            parameters={"a": account, "n": min(account_events - 1, 100_000)}, settings={"session_timezone": "UTC"},
+        ).result_rows[0]
+        deep_cursor = encode_cursor(Cursor(occurred_at=deep[0].replace(tzinfo=timezone.utc), event_id=deep[1]))
+        one_account = EventFilter(account_id=account)
+        failures = EventFilter(account_id=account, status="failure")
+        results: dict[str, Any] = {"rows": stored, "account": account, "account_events": account_events}
+        on_progress("measuring", stored)
+        results["list_first_page"] = _latency(lambda: list_events(client, one_account), repeats)
+        results["list_deep_page"] = _latency(
+            lambda: list_events(client, EventFilter(account_id=account, cursor=deep_cursor)), repeats)
+        results["list_failures_tab"] = _latency(lambda: list_events(client, failures), repeats)
+        results["count_account"] = _latency(lambda: count_events(client, one_account), repeats)
+        results["count_all"] = _latency(lambda: count_events(client, EventFilter()), repeats)
+        results["error_groups"] = _latency(lambda: error_groups(client, one_account), repeats)
+
+        started, lines, chunks = time.perf_counter(), 0, []
+        for chunk in export_csv(client, EventFilter()):
+            chunks.append(chunk)
+            lines += chunk.count("\n")  # at least one per row; rows are counted exactly below, untimed
+            if lines > export_rows:
+                break
+        seconds = time.perf_counter() - started
+        exported = sum(1 for _ in csv.reader(io.StringIO("".join(chunks)))) - 1  # minus the header
+        results["csv_export"] = {"rows": exported, "seconds": round(seconds, 2),
+                                 "rows_per_second": round(exported / seconds)}
+        return results
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)

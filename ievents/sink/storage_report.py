@@ -29,7 +29,7 @@ from clickhouse_connect.driver.client import Client
 from ievents.sink.migrations import ROLLUP_TABLES, migrate
 from ievents.sink.sink import COLUMNS, TABLE, to_row
 
-__all__ = ["measure_storage"]
+__all__ = ["insert_batch", "measure_storage", "simulated_rows", "settle"]
 
 PAGE_SIZE = 50
 LOOKUPS = 20
@@ -103,7 +103,7 @@ def measure_storage(
     }
     correct: dict[str, Any] = {}
     report["fill"] = _fill(client, rows, seed, accounts, days, chunk_rows, correct)
-    _settle(client)
+    settle(client)
     bench = _Bench(client, repeats)
     try:
         report["storage"] = _storage(client, rows)  # leaves the copy "designed" for _codecs
@@ -127,7 +127,7 @@ def measure_storage(
 # ---------------------------------------------------------------- fill
 
 
-def _events(rows: int, seed: int, accounts: int, days: float) -> Iterator[tuple]:
+def simulated_rows(rows: int, seed: int, accounts: int, days: float) -> Iterator[tuple]:
     """Enriched events as sink rows, as the stream would hand them on: per-account Kafka partitions and offsets."""
     from ievents.producers.simulator import simulate_events
     from ievents.stream.enrich import enrich
@@ -143,7 +143,7 @@ def _events(rows: int, seed: int, accounts: int, days: float) -> Iterator[tuple]
         offsets[partition] += 1
 
 
-def _insert(client: Client, chunk: list[tuple], token: str) -> None:
+def insert_batch(client: Client, chunk: list[tuple], token: str) -> None:
     """One batch the way the sink stores it: columnar, with a deduplication token."""
     client.insert(TABLE, [list(column) for column in zip(*chunk)], column_names=COLUMNS, column_oriented=True,
                   settings={"insert_deduplication_token": token})
@@ -155,7 +155,7 @@ def _fill(client: Client, rows: int, seed: int, accounts: int, days: float, chun
     chunk: list[tuple] = []
     first: list[tuple] = []
     chunks = 0
-    events = _events(rows, seed, accounts, days)
+    events = simulated_rows(rows, seed, accounts, days)
     while True:
         started = time.perf_counter()
         chunk = [row for _, row in zip(range(chunk_rows), events)]
@@ -163,12 +163,12 @@ def _fill(client: Client, rows: int, seed: int, accounts: int, days: float, chun
         if not chunk:
             break
         started = time.perf_counter()
-        _insert(client, chunk, f"storage-bench/{chunks}")
+        insert_batch(client, chunk, f"storage-bench/{chunks}")
         insert += time.perf_counter() - started
         first = first or chunk
         chunks += 1
     # A crash between insert and commit: the first batch comes again with its token, and must vanish.
-    _insert(client, first, "storage-bench/0")
+    insert_batch(client, first, "storage-bench/0")
     stored = _scalar(client, f"SELECT count() FROM {TABLE}")
     rolled = [_scalar(client, f"SELECT sum(events) FROM {table}") for table in ROLLUP_TABLES]
     correct["resent_batch_dropped"] = stored == rows and rolled == [rows] * len(ROLLUP_TABLES)
@@ -178,7 +178,7 @@ def _fill(client: Client, rows: int, seed: int, accounts: int, days: float, chun
     }
 
 
-def _settle(client: Client, timeout: float = 120.0) -> None:
+def settle(client: Client, timeout: float = 120.0) -> None:
     """Wait for background merges and mutations to finish, so timings do not share the CPU with them."""
     deadline = time.monotonic() + timeout
     quiet = 0
@@ -435,7 +435,7 @@ def _codecs(bench: _Bench) -> dict[str, Any]:
     try:
         for variant, changes in CODEC_VARIANTS.items():
             copies[variant] = _copy(client, variant, changes)
-        _settle(client)
+        settle(client)
         sizes = {
             variant: {name: compressed for name, compressed in client.query(
                 "SELECT name, data_compressed_bytes FROM system.columns "
@@ -504,12 +504,12 @@ def _race(client: Client, bench: _Bench, correct: dict[str, Any]) -> dict[str, A
     index = COLUMNS.index("processed_at")
     latest = client.query(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} ORDER BY occurred_at DESC LIMIT {copies}",
                           tz_mode="aware").result_rows
-    _insert(client, [(*row[:index], row[index] + timedelta(seconds=30), *row[index + 1:]) for row in latest],
+    insert_batch(client, [(*row[:index], row[index] + timedelta(seconds=30), *row[index + 1:]) for row in latest],
             "storage-bench/race")
     final = _scalar(client, f"SELECT count() FROM {TABLE} FINAL")
     uniq = _scalar(client, f"SELECT uniqExact(event_id) FROM {TABLE}")
     rolled = _scalar(client, "SELECT sum(events) FROM integration_events_per_hour")
-    _settle(client)
+    settle(client)
     page = _pages(bench, correct, "page_after_race")
     correct["race"] = {
         "final_count_unchanged": final == before,
