@@ -229,7 +229,6 @@ def _fill_events(client, rows: int, on_progress: Callable[[str, int], None], see
             insert_batch(client, chunk, f"bench-query/{index}")
             chunk = []
             on_progress("filling", index)
-    originals_from = client.query("SELECT min(occurred_at) FROM integration_events").result_rows[0][0]
     copies = 0
     while (stored := simulated * (copies + 1)) < rows:
         copies += 1
@@ -237,9 +236,10 @@ def _fill_events(client, rows: int, on_progress: Callable[[str, int], None], see
         client.command(
             "INSERT INTO integration_events (* EXCEPT (stored_at)) SELECT * EXCEPT (stored_at) "
             "REPLACE (generateUUIDv4() AS event_id, occurred_at - toIntervalDay(30 * {copy:UInt32}) AS occurred_at) "
-            "FROM integration_events WHERE occurred_at >= {originals_from:DateTime64(3, 'UTC')} LIMIT {take:UInt64}",
-            parameters={"copy": copies, "take": take, "originals_from": originals_from},
-            settings={"max_partitions_per_insert_block": 1000},
+            # The newest rows are the simulated originals (copies are older). No WHERE: on chDB an
+            # INSERT ... SELECT from the same table with a WHERE inserted nothing.
+            "FROM integration_events ORDER BY occurred_at DESC LIMIT {take:UInt64}",
+            parameters={"copy": copies, "take": take},
         )
         on_progress("filling", stored + take)
     settle(client)
