@@ -1,14 +1,21 @@
-"""The Integration Events log over HTTP: list, count and detail, read-only SQL for operators, health and metrics.
+"""The Integration Events log over HTTP: list, count, CSV export, detail, error groups, failure rate and
+integrations; read-only SQL for operators; the web pages; health and metrics.
 
 Handlers are plain ``def`` functions, so FastAPI runs them on its thread pool;
 they share one ClickHouse client (the embedded stack hands in the chDB client
 it shares with the sink) behind a lock, because a clickhouse-connect client
-must not run two queries at once.
+must not run two queries at once. A CSV export, which can stream for seconds,
+reads on a connection of its own (``SharedClient.streaming``) instead.
+
+A key comes as ``Authorization: Bearer <key>``, as ``X-API-Key``, or, for the
+browser, in the ``ievents_key`` cookie the web login sets (HttpOnly,
+SameSite=Strict, so other sites' pages cannot send it). SQL takes a header only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,16 +24,32 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
 from ievents.query.access import Caller, KeyRing
-from ievents.query.events import EventCounts, EventPage, count_events, get_event, list_events
+from ievents.query.events import (
+    EventCounts,
+    EventPage,
+    count_events,
+    error_groups,
+    export_csv,
+    failure_rate,
+    get_event,
+    integrations_summary,
+    list_events,
+    related_events,
+)
 from ievents.query.filters import EventFilter, InvalidFilter
 from ievents.query.sql import DEFAULT_LIMIT, MAX_LIMIT, SqlError, run_readonly
+from ievents.query.web import KEY_COOKIE, STATIC_DIR, create_web_router
+
+CSV_FILENAME = "integration-events.csv"
+RELATED_LIMIT = 10
 
 # Module-level: the default registry accepts a metric name once per process,
 # however many apps (tests, the embedded stack) are created in it.
@@ -55,9 +78,39 @@ class SharedClient:
     @contextmanager
     def borrow(self) -> Iterator[Client]:
         with self._lock:
-            if self._client is None:
-                self._client = self._factory()
-            yield self._client
+            yield self._shared()
+
+    @contextmanager
+    def streaming(self) -> Iterator[Client]:
+        """A client for one long streamed read (a CSV export), so that it does not hold up every other request.
+
+        With chDB: a second handle on the same engine (one engine per process, any number of handles),
+        opened under the lock and closed afterwards; the shared client, and the sink using it, go on
+        meanwhile. With a ClickHouse server: a client of its own when the factory makes a new one, else
+        the shared client itself, lent for the whole stream.
+        """
+        from clickhouse_connect.driver._chdbclient import ChdbClient
+
+        with self._lock:
+            shared = self._shared()
+            own = ChdbClient(path=shared.path, database=shared.database) if isinstance(shared, ChdbClient) else None
+        if own is None:
+            candidate = self._factory()
+            own = candidate if candidate is not shared else None
+        if own is None:
+            with self.borrow() as client:
+                yield client
+            return
+        try:
+            yield own
+        finally:
+            own.close()
+
+    def _shared(self) -> Client:
+        """The shared client, opened on first use; call with the lock held."""
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
 
 
 class SqlRequest(BaseModel):
@@ -81,17 +134,24 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="An API key, or the operator key (IEVENTS_OPERATOR_KEY).")
 
     # Defaults, not Annotated hints: with postponed annotations FastAPI could not see the local ``bearer``.
-    def presented_key(
+    def header_key(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
         x_api_key: str | None = Header(None, include_in_schema=False),
     ) -> str | None:
         return credentials.credentials if credentials else x_api_key
 
+    def presented_key(
+        from_header: str | None = Depends(header_key),
+        from_cookie: str | None = Cookie(None, alias=KEY_COOKIE, include_in_schema=False),
+    ) -> str | None:
+        """The key of a header, else of the web login's cookie (the browser's Download link carries no header)."""
+        return from_header if from_header else from_cookie
+
     def caller(key: str | None = Depends(presented_key)) -> Caller:
         """The authenticated caller (401 without a valid key)."""
         return keys.identify(key)
 
-    def require_operator(key: str | None = Depends(presented_key)) -> None:
+    def require_operator(key: str | None = Depends(header_key)) -> None:
         """403 when no operator key is configured or an account key is used; 401 without a valid key."""
         if not operator_key:
             raise HTTPException(403, "SQL over HTTP is off: the API has no operator key (set IEVENTS_OPERATOR_KEY).")
@@ -101,6 +161,11 @@ def create_app(
     def scoped(flt: EventFilter, who: Caller) -> EventFilter:
         """The filter limited to what the caller may see."""
         return flt.model_copy(update={"account_id": who.account_scope(flt.account_id)})
+
+    def exported(flt: EventFilter) -> Iterator[str]:
+        """The CSV export of ``flt`` on a connection of its own, held until the export is read or dropped."""
+        with shared.streaming() as client:
+            yield from export_csv(client, flt)
 
     @app.middleware("http")
     async def observe_duration(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -126,7 +191,25 @@ def create_app(
         with shared.borrow() as client:
             return list_events(client, scoped(flt, who))
 
-    # Declared before /events/{event_id}, which would otherwise claim "count" as an id.
+    # Both declared before /events/{event_id}, which would otherwise claim "count" as an id.
+    @app.get("/api/v1/events.csv", response_class=StreamingResponse)
+    def events_csv(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> StreamingResponse:
+        """Every event of the filter (not a page: ``cursor`` and ``limit`` are ignored), newest first, as CSV.
+
+        Streamed as it is read. The query runs before the response starts, so a failure is an error status,
+        not a truncated file.
+        """
+        chunks = exported(scoped(flt, who))
+        first = next(chunks)
+        return StreamingResponse(
+            itertools.chain([first], chunks),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f"attachment; filename={CSV_FILENAME}",
+                "Cache-Control": "no-store",
+            },
+        )
+
     @app.get("/api/v1/events/count")
     def events_count(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> EventCounts:
         """The event counter for a filter; ``cursor`` and ``limit`` are accepted and ignored."""
@@ -135,11 +218,31 @@ def create_app(
 
     @app.get("/api/v1/events/{event_id}")
     def event_detail(event_id: UUID, account_id: str | None = None, who: Caller = Depends(caller)) -> dict[str, Any]:
+        """One event with every parameter, and ``related``: the newest other events of its error group."""
         with shared.borrow() as client:
             event = get_event(client, event_id, who.account_scope(account_id))
+            related = related_events(client, event, RELATED_LIMIT) if event is not None else []
         if event is None:
             raise HTTPException(status_code=404, detail=f"no event {event_id}")
-        return event
+        return event | {"related": related}
+
+    @app.get("/api/v1/errors")
+    def errors(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> dict[str, Any]:
+        """Error groups (same template, same fingerprint) of the filter, biggest first; ``limit`` groups at most."""
+        with shared.borrow() as client:
+            return {"groups": error_groups(client, scoped(flt, who), flt.limit)}
+
+    @app.get("/api/v1/stats/failure-rate")
+    def stats_failure_rate(flt: Annotated[EventFilter, Query()], who: Caller = Depends(caller)) -> dict[str, Any]:
+        """Failures among events per time bucket; the last 24 hours unless ``since`` / ``until`` say otherwise."""
+        with shared.borrow() as client:
+            return failure_rate(client, scoped(flt, who))
+
+    @app.get("/api/v1/integrations")
+    def integrations(account_id: str | None = None, who: Caller = Depends(caller)) -> dict[str, Any]:
+        """Every integration with events: its latest event and status, and its last 24 hours."""
+        with shared.borrow() as client:
+            return {"integrations": integrations_summary(client, who.account_scope(account_id))}
 
     @app.post("/api/v1/sql", dependencies=[Depends(require_operator)])
     def sql(request: SqlRequest) -> dict[str, Any]:
@@ -165,4 +268,6 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(create_web_router(shared, keys))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -15,13 +15,18 @@ Counters read the per-hour or per-minute rollups (SummingMergeTree tables kept
 by materialized views, see ``sink/migrations/0006_rollups.sql``) whenever that
 gives the same answer: the filter uses only dimensions the rollups keep and its
 time bounds fall on bucket boundaries. Anything else counts the raw table.
+
+Free-text search (``search``) matches a substring of the message or of any
+parameter value, ignoring case, with ``positionCaseInsensitiveUTF8``: the text
+is compared literally, so ``%``, ``_``, quotes and backslashes mean themselves
+(there is no pattern language to escape).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -29,12 +34,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 Status = Literal["info", "success", "failure"]
 Direction = Literal["none", "pull", "push"]
-CountDimension = Literal["status", "type"]
+CountDimension = Literal["status", "type", "integration_id"]
 CountSource = Literal["hour", "minute", "raw"]
 
 STATUSES: tuple[Status, ...] = ("info", "success", "failure")
-COUNT_DIMENSIONS: tuple[CountDimension, ...] = ("status", "type")
+COUNT_DIMENSIONS: tuple[CountDimension, ...] = ("status", "type", "integration_id")
 MAX_LIMIT = 1000
+MAX_SEARCH_LENGTH = 500
 TABLE = "integration_events FINAL"
 
 # Where counts can come from, coarsest first: (source, table, bucket width in seconds).
@@ -91,12 +97,19 @@ _CONDITIONS: tuple[tuple[str, str], ...] = (
     ("direction", "direction = {direction:String}"),
     ("since", f"occurred_at >= {{since:{_TIMESTAMP}}}"),
     ("until", f"occurred_at < {{until:{_TIMESTAMP}}}"),
+    (
+        "search",
+        "(positionCaseInsensitiveUTF8(message, {search:String}) > 0"
+        " OR arrayExists(value -> positionCaseInsensitiveUTF8(value, {search:String}) > 0, mapValues(parameters)))",
+    ),
+    ("error_category", "error_category = {error_category:String}"),
+    ("fingerprint", "error_fingerprint = {fingerprint:String}"),
 )
 
-# The same conditions on a rollup: events are counted in the bucket they fall in, so on bucket
-# boundaries `bucket >= since` and `bucket < until` select exactly the events the raw conditions do.
+# The same conditions on a rollup, for the fields it keeps: events are counted in the bucket they fall in,
+# so on bucket boundaries `bucket >= since` and `bucket < until` select exactly the events the raw conditions do.
 _ROLLUP_CONDITIONS: tuple[tuple[str, str], ...] = tuple(
-    (field, condition.replace("occurred_at", "bucket")) for field, condition in _CONDITIONS
+    (field, condition.replace("occurred_at", "bucket")) for field, condition in _CONDITIONS if field in ROLLUP_FIELDS
 )
 
 _AFTER_CURSOR = f"(occurred_at, event_id) < ({{cursor_occurred_at:{_TIMESTAMP}}}, {{cursor_event_id:UUID}})"
@@ -115,7 +128,10 @@ class EventFilter(BaseModel):
     """Which events to show: every field left unset (``None``) matches everything.
 
     ``since`` is inclusive and ``until`` exclusive, so consecutive windows never
-    overlap. ``cursor`` is the opaque ``next_cursor`` of the previous page.
+    overlap. ``search`` is a case-insensitive substring of the message or of a
+    parameter value, taken literally. ``error_category`` and ``fingerprint``
+    select an error category and an error group (``error_fingerprint``).
+    ``cursor`` is the opaque ``next_cursor`` of the previous page.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -127,6 +143,9 @@ class EventFilter(BaseModel):
     direction: Direction | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
+    search: Annotated[str, Field(max_length=MAX_SEARCH_LENGTH)] | None = None
+    error_category: str | None = None
+    fingerprint: str | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 50
     cursor: str | None = None
 
@@ -265,6 +284,19 @@ def get_query(event_id: UUID | str, account_id: str | None = None) -> Query:
     return Query(sql, parameters)
 
 
+def related_query(account_id: str, fingerprint: str, event_id: UUID | str, limit: int = 10) -> Query:
+    """The newest events of an account with this error fingerprint, the event ``event_id`` left out."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidFilter("limit", f"limit must be between 1 and {MAX_LIMIT}")
+    conditions = [
+        "account_id = {account_id:String}", "error_fingerprint = {fingerprint:String}", "event_id != {event_id:UUID}",
+    ]
+    parameters = {"account_id": account_id, "fingerprint": fingerprint, "event_id": UUID(str(event_id)),
+                  "limit": limit}
+    sql = f"SELECT {_COLUMNS} FROM {TABLE}{_where(conditions)} ORDER BY {_NEWEST_FIRST} LIMIT {{limit:UInt32}}"
+    return Query(sql, parameters)
+
+
 def _filter_conditions(
     flt: EventFilter, conditions: tuple[tuple[str, str], ...] = _CONDITIONS
 ) -> tuple[list[str], dict[str, Any]]:
@@ -275,3 +307,206 @@ def _filter_conditions(
 
 def _where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+# ---------------------------------------------------------------- error groups
+
+
+def error_groups_query(flt: EventFilter, limit: int = 50) -> Query:
+    """Error groups of the filtered log, biggest first: one row per ``error_fingerprint``.
+
+    Only events that have a fingerprint and did not succeed (failures, and infos such as a fraud rule
+    firing) form groups. The sample is the group's newest event; a fingerprint always has one template
+    and one category, and the newest event's are shown. Paging fields are ignored.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidFilter("limit", f"limit must be between 1 and {MAX_LIMIT}")
+    conditions, parameters = _filter_conditions(flt)
+    conditions += ["error_fingerprint != ''", "status != 'success'"]
+    newest = "(occurred_at, event_id)"
+    sql = (
+        "SELECT error_fingerprint AS fingerprint,"
+        f" argMax(message_template, {newest}) AS template,"
+        f" argMax(error_category, {newest}) AS category,"
+        " count() AS count,"
+        " min(occurred_at) AS first_seen,"
+        " max(occurred_at) AS last_seen,"
+        f" argMax(message, {newest}) AS sample_message,"
+        f" argMax(event_id, {newest}) AS sample_event_id"
+        f" FROM {TABLE}{_where(conditions)}"
+        " GROUP BY error_fingerprint"
+        " ORDER BY count DESC, last_seen DESC, fingerprint"
+        " LIMIT {group_limit:UInt32}"
+    )
+    return Query(sql, parameters | {"group_limit": limit})
+
+
+# ---------------------------------------------------------------- failure rate over time
+
+DEFAULT_RATE_RANGE = timedelta(hours=24)
+# The bucket of a failure-rate series, by the length of its range: the first whose range is long enough.
+RATE_BUCKETS: tuple[tuple[timedelta, int], ...] = (
+    (timedelta(hours=2), 60),
+    (timedelta(hours=12), 300),
+    (timedelta(days=7), 3600),
+)
+DAY_SECONDS = 86_400
+# Beyond a week buckets are days; a range of more than this many days gets buckets of several days.
+MAX_RATE_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """The range a failure-rate series covers (``since`` inclusive, ``until`` exclusive), its bucket width in
+    seconds (buckets start at whole multiples of it since the epoch, in UTC) and where it is counted from."""
+
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    source: CountSource
+
+    def starts(self) -> list[datetime]:
+        """The start of every bucket the range touches, oldest first."""
+        first = _floor(self.since, self.bucket_seconds)
+        step = timedelta(seconds=self.bucket_seconds)
+        count = max(0, -(-(self.until - first) // step))
+        return [first + n * step for n in range(count)]
+
+
+def rate_bucket_seconds(span: timedelta) -> int:
+    """Minute for up to 2 h, 5 minutes up to 12 h, hour up to 7 days, else days (several when it is very long)."""
+    for longest, seconds in RATE_BUCKETS:
+        if span <= longest:
+            return seconds
+    days = -(-span // timedelta(days=1))
+    return DAY_SECONDS * max(1, -(-days // MAX_RATE_POINTS))
+
+
+def rate_window(flt: EventFilter, now: datetime) -> RateWindow:
+    """The range, bucket and source of ``flt``'s failure-rate series.
+
+    The filter's ``since`` / ``until`` when set. Without ``until`` the range ends with the bucket that holds
+    ``now``; without ``since`` it starts 24 hours before its end. A range the user did not bound is aligned
+    to its buckets, so every bucket is whole and the rollups can answer it.
+    """
+    if flt.since is not None and flt.until is not None:
+        since, until = flt.since, flt.until
+        bucket = rate_bucket_seconds(until - since)
+    elif flt.since is not None:
+        since = flt.since
+        bucket = rate_bucket_seconds(now - since)
+        until = max(_ceil(now, bucket), _floor(since, bucket) + timedelta(seconds=bucket))
+    else:
+        span = DEFAULT_RATE_RANGE
+        bucket = rate_bucket_seconds(span)
+        until = flt.until if flt.until is not None else _ceil(now, bucket)
+        since = until - span
+    since, until = since.astimezone(timezone.utc), until.astimezone(timezone.utc)
+    source = count_source(flt.model_copy(update={"since": since, "until": until}))
+    if source == "hour" and bucket % 3600:
+        source = "minute"  # hour-aligned bounds are minute-aligned too
+    return RateWindow(since, until, bucket, source)
+
+
+def failure_rate_query(flt: EventFilter, window: RateWindow) -> Query:
+    """Events and failures per bucket of ``window`` (buckets without events are absent), oldest first."""
+    bounded = flt.model_copy(update={"since": window.since, "until": window.until})
+    if window.source == "raw":
+        table, time_column, total, failures = TABLE, "occurred_at", "count()", "countIf(status = 'failure')"
+        conditions, parameters = _filter_conditions(bounded)
+    else:
+        table = next(name for rollup, name, _ in ROLLUPS if rollup == window.source)
+        time_column, total, failures = "bucket", "sum(events)", "sumIf(events, status = 'failure')"
+        conditions, parameters = _filter_conditions(bounded, _ROLLUP_CONDITIONS)
+    start = f"intDiv(toUnixTimestamp({time_column}), {{bucket_seconds:UInt32}}) * {{bucket_seconds:UInt32}}"
+    sql = (
+        f"SELECT {start} AS start, {total} AS total, {failures} AS failures"
+        f" FROM {table}{_where(conditions)} GROUP BY start ORDER BY start"
+    )
+    return Query(sql, parameters | {"bucket_seconds": window.bucket_seconds})
+
+
+def _floor(instant: datetime, seconds: int) -> datetime:
+    offset = instant - _EPOCH
+    return _EPOCH + timedelta(seconds=(offset // timedelta(seconds=seconds)) * seconds)
+
+
+def _ceil(instant: datetime, seconds: int) -> datetime:
+    floor = _floor(instant, seconds)
+    return floor if floor == instant else floor + timedelta(seconds=seconds)
+
+
+# ---------------------------------------------------------------- integrations
+
+
+def integrations_query(account_id: str | None, now: datetime) -> Query:
+    """Every integration with events (of one account, or of all): its latest event and its last 24 hours.
+
+    Name and platform are the newest event's, so a renamed integration shows its current name. Events
+    stamped after ``now`` (a producer's clock slightly ahead) count as within the last 24 hours.
+    """
+    conditions, parameters = ([], {}) if account_id is None else (
+        ["account_id = {account_id:String}"], {"account_id": account_id})
+    newest = "(occurred_at, event_id)"
+    sql = (
+        "SELECT account_id, integration_id,"
+        f" argMax(integration_name, {newest}) AS integration_name,"
+        f" argMax(integration_platform, {newest}) AS integration_platform,"
+        " max(occurred_at) AS last_event_at,"
+        f" argMax(status, {newest}) AS last_status,"
+        f" countIf(occurred_at >= {{day_ago:{_TIMESTAMP}}}) AS events_24h,"
+        f" countIf(occurred_at >= {{day_ago:{_TIMESTAMP}}} AND status = 'failure') AS failures_24h"
+        f" FROM {TABLE}{_where(conditions)}"
+        " GROUP BY account_id, integration_id"
+        " ORDER BY account_id, lower(integration_name), integration_id"
+    )
+    return Query(sql, parameters | {"day_ago": now - timedelta(hours=24)})
+
+
+# ---------------------------------------------------------------- CSV export
+
+
+def _csv_quoted(sql: str) -> str:
+    """A text cell quoted as Python's ``csv`` module quotes it (``QUOTE_MINIMAL``, the ``excel`` dialect):
+    in double quotes, inner quotes doubled, when it holds a comma, a double quote, a CR or an LF."""
+    return (
+        f"if(multiSearchAny({sql}, [',', '\"', '\\r', '\\n']),"
+        f" concat('\"', replaceAll({sql}, '\"', '\"\"'), '\"'), {sql})"
+    )
+
+
+# (header, SQL giving the cell's text, the event field it comes from, whether the text may need quoting).
+# The created date and event id are the same text the JSON API gives; parameters are compact JSON
+# (``toJSONString`` with ``\\/`` unescaped, as ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``).
+CSV_COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("Created Date", "concat(replaceOne(toString(occurred_at), ' ', 'T'), 'Z')", "occurred_at", False),
+    ("Account", "account_id", "account_id", True),
+    ("Integration", "integration_name", "integration_name", True),
+    ("Type", "toString(type)", "type", True),
+    ("Direction", "toString(direction)", "direction", False),
+    ("Status", "toString(status)", "status", False),
+    ("Message", "message", "message", True),
+    ("Template", "message_template", "message_template", True),
+    ("Category", "toString(error_category)", "error_category", True),
+    ("Parameters", "replaceAll(toJSONString(parameters), '\\\\/', '/')", "parameters", True),
+    ("Details", "details", "details", True),
+    ("Event ID", "toString(event_id)", "event_id", False),
+)
+CSV_HEADER: tuple[str, ...] = tuple(header for header, _, _, _ in CSV_COLUMNS)
+_CSV_LINE = (
+    "concat("
+    + ", ',', ".join(_csv_quoted(sql) if quoted else sql for _, sql, _, quoted in CSV_COLUMNS)
+    + ", '\\r\\n')"
+)
+
+
+def export_query(flt: EventFilter) -> Query:
+    """Every event ``flt`` matches, newest first, each as one finished CSV line (``\\r\\n``-terminated).
+
+    ClickHouse formats the lines (quoting exactly as Python's ``csv`` module does, which the tests check
+    value by value) so that an export streams at the engine's speed: read as ``RawBLOB``, the result is the
+    CSV body itself. Paging fields are ignored: an export is every matching row, not a page.
+    """
+    conditions, parameters = _filter_conditions(flt)
+    sql = f"SELECT {_CSV_LINE} AS line FROM {TABLE}{_where(conditions)} ORDER BY {_NEWEST_FIRST}"
+    return Query(sql, parameters)

@@ -12,12 +12,23 @@ import itertools
 import json
 import random
 from datetime import datetime, timedelta, timezone
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import pytest
 
-from ievents.query import EventFilter, count_events, get_event, list_events
-from ievents.query.filters import count_source
+from ievents.clickhouse import connect
+from ievents.query import (
+    EventFilter,
+    count_events,
+    error_groups,
+    failure_rate,
+    get_event,
+    integrations_summary,
+    list_events,
+    related_events,
+)
+from ievents.query.filters import RateWindow, count_source, failure_rate_query
+from ievents.sink.migrations import migrate
 
 pytestmark = pytest.mark.integration
 
@@ -343,3 +354,381 @@ def test_listed_and_detailed_events_have_the_same_shape(events):
 )
 def test_get_event_respects_the_account(events, label, account_id, found):
     assert (get_event(events, event_id(label), account_id) is not None) is found
+
+
+# ---------------------------------------------------------------- a log with error groups
+# Two accounts, three integrations each, three days up to NOW (and two events a little after it: a producer's
+# clock ahead). Every event has its own millisecond, so "newest" needs no tie-break and Python's truth is
+# unambiguous. Failures and some infos carry an error fingerprint; so do a few successes, which must never
+# be grouped.
+
+NOW = datetime(2024, 7, 10, 12, 30, 15, tzinfo=timezone.utc)
+FULL_COLUMNS = [
+    "event_id", "account_id", "integration_id", "integration_name", "integration_platform", "occurred_at", "type",
+    "direction", "status", "message", "parameters", "message_template", "error_category", "error_fingerprint",
+    "processed_at",
+]
+CATALOG = {
+    "acme": [("rr-1", "Referral Rock", "referralrock"), ("shop-1", "Shopify Store", "shopify"),
+             ("hub-2", "HubSpot", "hubspot")],
+    "globex": [("rr-1", "Referral Rock (EU)", "referralrock"), ("bc-1", "BigCommerce", "bigcommerce"),
+               ("wc-1", "WooCommerce", "woocommerce")],
+}
+# (fingerprint, template, category, message with {n}), the statuses it comes with
+ERRORS = [
+    ("f1a0000000000001", "Rate limit exceeded, retry after <num> seconds", "rate_limit",
+     "Rate limit exceeded, retry after {n} seconds"),
+    ("f1a0000000000002", "Invalid API key", "auth", "Invalid API key"),
+    ("f1a0000000000003", "Order <num> not found", "not_found", "Order {n} not found"),
+    ("f1a0000000000004", "Timeout after <num> ms", "timeout", "Timeout after {n} ms"),
+]
+INFO_ERROR = ("f1a0000000000005", "Fraud rule: same IP as referrer", "fraud_rule", "Fraud rule: same IP as referrer")
+
+
+def error_log_events(count: int = 1500, seed: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    span_ms = 3 * 86_400_000
+    offsets = rng.sample(range(span_ms), count - 2) + [-90_000, -45_000]  # the last two: after NOW
+    events = []
+    for n, offset in enumerate(offsets):
+        account = rng.choice(list(CATALOG))
+        integration_id, name, platform = rng.choice(CATALOG[account])
+        status = rng.choices(["success", "failure", "info"], weights=[6, 3, 1])[0]
+        fingerprint = template = category = message = ""
+        if status == "failure" and rng.random() < 0.9:
+            fingerprint, template, category, message = rng.choices(ERRORS, weights=[8, 4, 2, 1])[0]
+        elif status == "info" and rng.random() < 0.7:
+            fingerprint, template, category, message = INFO_ERROR
+        elif status == "success" and rng.random() < 0.05:
+            fingerprint, template, category, message = ERRORS[0]  # a success must not count in the group
+            category = ""
+        occurred_at = NOW - timedelta(milliseconds=offset)
+        events.append({
+            "event_id": uuid5(NAMESPACE_URL, f"ievents-test/errors/{n}"), "account_id": account,
+            "integration_id": integration_id, "integration_name": name, "integration_platform": platform,
+            "occurred_at": occurred_at, "type": rng.choice(["order", "conversion"]),
+            "direction": rng.choice(DIRECTIONS), "status": status, "message": message.format(n=rng.randrange(1, 999)),
+            "parameters": {"n": str(n)}, "message_template": template, "error_category": category,
+            "error_fingerprint": fingerprint, "processed_at": occurred_at + timedelta(seconds=2),
+        })
+    # a renamed integration: its newest event carries the new name
+    newest_acme_shop = max((e for e in events if (e["account_id"], e["integration_id"]) == ("acme", "shop-1")),
+                           key=lambda e: e["occurred_at"])
+    newest_acme_shop["integration_name"] = "Shopify Store (renamed)"
+    return events
+
+
+def insert_events(client, events: list[dict], token: str) -> None:
+    client.insert(
+        "integration_events", [[event[column] for event in events] for column in FULL_COLUMNS],
+        column_names=FULL_COLUMNS, column_oriented=True, settings={"insert_deduplication_token": token},
+    )
+
+
+@pytest.fixture(scope="module")
+def error_database(clickhouse_dsn):
+    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
+
+    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
+    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
+    migrate(client)
+    yield client
+    client.command(f"DROP DATABASE IF EXISTS {client.database}")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def duplicate_database(clickhouse_dsn):
+    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
+
+    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
+    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
+    migrate(client)
+    yield client
+    client.command(f"DROP DATABASE IF EXISTS {client.database}")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def ten_thousand_database(clickhouse_dsn):
+    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
+
+    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
+    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
+    migrate(client)
+    yield client
+    client.command(f"DROP DATABASE IF EXISTS {client.database}")
+    client.close()
+
+
+def fill_error_log(client) -> list[dict]:
+    events = error_log_events()
+    for start in range(0, len(events), 500):
+        insert_events(client, events[start:start + 500], f"enriched/0/{start}")
+    return events
+
+
+@pytest.fixture(scope="module")
+def error_log(error_database):
+    return error_database, fill_error_log(error_database)
+
+
+@pytest.fixture(scope="module")
+def error_log_with_duplicate(duplicate_database):
+    """The same log in another database, plus a re-delivered copy of one failure stored apart (merges stopped):
+    FINAL must hide it (the rollups count it twice, so the failure-rate tests use the log without it)."""
+    client, events = duplicate_database, fill_error_log(duplicate_database)
+    client.command("SYSTEM STOP MERGES integration_events")
+    failure = next(e for e in events if e["status"] == "failure" and e["error_fingerprint"])
+    insert_events(client, [failure | {"processed_at": failure["processed_at"] + timedelta(minutes=1)}], "again")
+    assert client.query("SELECT count() FROM integration_events").result_rows == [(len(events) + 1,)]
+    return client, events
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def expected_groups(events: list[dict], keep=lambda event: True) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for event in events:
+        if event["error_fingerprint"] and event["status"] != "success" and keep(event):
+            groups.setdefault(event["error_fingerprint"], []).append(event)
+    rows = []
+    for fingerprint, members in groups.items():
+        newest = max(members, key=lambda e: e["occurred_at"])
+        rows.append({
+            "fingerprint": fingerprint, "template": newest["message_template"], "category": newest["error_category"],
+            "count": len(members), "first_seen": iso(min(e["occurred_at"] for e in members)),
+            "last_seen": iso(newest["occurred_at"]), "sample_message": newest["message"],
+            "sample_event_id": str(newest["event_id"]),
+        })
+    return sorted(rows, key=lambda g: (-g["count"], [-ord(c) for c in g["last_seen"]], g["fingerprint"]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "keep"),
+    [
+        ({}, lambda e: True),
+        ({"account_id": "acme"}, lambda e: e["account_id"] == "acme"),
+        ({"account_id": "globex", "integration_id": "bc-1"},
+         lambda e: (e["account_id"], e["integration_id"]) == ("globex", "bc-1")),
+        ({"status": "info"}, lambda e: e["status"] == "info"),
+        ({"status": "success"}, lambda e: False),
+        ({"since": NOW - timedelta(hours=20, milliseconds=1)},
+         lambda e: e["occurred_at"] >= NOW - timedelta(hours=20, milliseconds=1)),
+        ({"search": "TIMEOUT after"}, lambda e: "timeout after" in e["message"].lower()),
+        ({"error_category": "auth"}, lambda e: e["error_category"] == "auth"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, dict) else "",
+)
+def test_error_groups_are_ranked_with_first_and_last_seen_as_python_computes_them(error_log_with_duplicate, fields,
+                                                                                 keep):
+    client, events = error_log_with_duplicate
+    assert error_groups(client, EventFilter(**fields)) == expected_groups(events, keep)
+
+
+def test_error_groups_limit_keeps_the_biggest(error_log):
+    client, events = error_log
+    assert error_groups(client, EventFilter(), limit=2) == expected_groups(events)[:2]
+    assert [group["count"] for group in expected_groups(events)] == sorted(
+        [group["count"] for group in expected_groups(events)], reverse=True)
+    assert len(expected_groups(events)) == 5, "four failure groups and the fraud-rule infos"
+
+
+def expected_rate(events: list[dict], since: datetime, until: datetime, bucket: int, keep=lambda e: True) -> list:
+    first = datetime.fromtimestamp(int(since.timestamp()) // bucket * bucket, timezone.utc)
+    starts = []
+    while first < until:
+        starts.append(first)
+        first += timedelta(seconds=bucket)
+    points = []
+    for start in starts:
+        inside = [e for e in events if since <= e["occurred_at"] < until and keep(e)
+                  and start <= e["occurred_at"] < start + timedelta(seconds=bucket)]
+        failures = sum(e["status"] == "failure" for e in inside)
+        points.append({"start": iso(start), "total": len(inside), "failures": failures,
+                       "rate": failures / len(inside) if inside else None})
+    return points
+
+
+HOUR_BEFORE_NOW = NOW.replace(minute=0, second=0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "since", "until", "bucket", "keep"),
+    [
+        ({}, HOUR_BEFORE_NOW - timedelta(hours=23), HOUR_BEFORE_NOW + timedelta(hours=1), 3600, lambda e: True),
+        ({"account_id": "acme", "type": "order"}, HOUR_BEFORE_NOW - timedelta(hours=23),
+         HOUR_BEFORE_NOW + timedelta(hours=1), 3600, lambda e: (e["account_id"], e["type"]) == ("acme", "order")),
+        ({"search": "rate limit"}, HOUR_BEFORE_NOW - timedelta(hours=23), HOUR_BEFORE_NOW + timedelta(hours=1), 3600,
+         lambda e: "rate limit" in e["message"].lower()),
+        ({"since": NOW - timedelta(minutes=90)}, NOW - timedelta(minutes=90),
+         NOW.replace(second=0) + timedelta(minutes=1), 60, lambda e: True),
+        ({"since": NOW - timedelta(hours=6, seconds=1), "until": NOW}, NOW - timedelta(hours=6, seconds=1), NOW, 300,
+         lambda e: True),
+        ({"since": datetime(2024, 7, 7, 10, 5, tzinfo=timezone.utc), "until": datetime(2024, 7, 7, 20, 5,
+          tzinfo=timezone.utc)}, datetime(2024, 7, 7, 10, 5, tzinfo=timezone.utc),
+         datetime(2024, 7, 7, 20, 5, tzinfo=timezone.utc), 300, lambda e: True),
+        ({"since": datetime(2024, 7, 1, tzinfo=timezone.utc), "until": datetime(2024, 7, 12, tzinfo=timezone.utc)},
+         datetime(2024, 7, 1, tzinfo=timezone.utc), datetime(2024, 7, 12, tzinfo=timezone.utc), 86_400,
+         lambda e: True),
+    ],
+    ids=["last 24 h", "account and type", "search", "since 90 min", "6 h unaligned", "10 h on minutes", "11 days"],
+)
+def test_failure_rate_buckets_and_rates_match_python(error_log, fields, since, until, bucket, keep):
+    client, events = error_log
+    series = failure_rate(client, EventFilter(**fields), now=NOW)
+    assert (series["bucket_seconds"], series["since"], series["until"]) == (bucket, iso(since), iso(until))
+    expected = expected_rate(events, since, until, bucket, keep)
+    assert series["points"] == expected
+    assert sum(point["total"] for point in expected) > 0, "the window holds events"
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "bucket", "sources"),
+    [
+        (NOW.replace(minute=0, second=0) - timedelta(hours=30), NOW.replace(minute=0, second=0), 3600,
+         ["hour", "minute", "raw"]),
+        (datetime(2024, 7, 8, tzinfo=timezone.utc), datetime(2024, 7, 11, tzinfo=timezone.utc), 86_400,
+         ["hour", "minute", "raw"]),
+        (NOW.replace(second=0) - timedelta(hours=5), NOW.replace(second=0), 300, ["minute", "raw"]),
+    ],
+)
+def test_failure_rate_is_the_same_from_every_source_that_can_answer(error_log, since, until, bucket, sources):
+    client, _ = error_log
+    flt = EventFilter(account_id="globex")
+    answers = [
+        client.query(q.sql, parameters=q.parameters).result_rows
+        for q in (failure_rate_query(flt, RateWindow(since, until, bucket, source)) for source in sources)
+    ]
+    assert answers[0] and all(answer == answers[0] for answer in answers)
+
+
+def test_failure_rate_of_an_empty_range_has_every_bucket_and_no_rate(error_log):
+    client, _ = error_log
+    since = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    series = failure_rate(client, EventFilter(since=since, until=since + timedelta(hours=1)))
+    assert len(series["points"]) == 60
+    assert {(p["total"], p["failures"], p["rate"]) for p in series["points"]} == {(0, 0, None)}
+
+
+def expected_integrations(events: list[dict], account: str | None) -> list[dict]:
+    by_key: dict[tuple, list[dict]] = {}
+    for event in events:
+        if account is None or event["account_id"] == account:
+            by_key.setdefault((event["account_id"], event["integration_id"]), []).append(event)
+    rows = []
+    for (account_id, integration_id), members in by_key.items():
+        newest = max(members, key=lambda e: e["occurred_at"])
+        recent = [e for e in members if e["occurred_at"] >= NOW - timedelta(hours=24)]
+        failures = sum(e["status"] == "failure" for e in recent)
+        rows.append({
+            "account_id": account_id, "integration_id": integration_id,
+            "integration_name": newest["integration_name"], "integration_platform": newest["integration_platform"],
+            "last_event_at": iso(newest["occurred_at"]), "last_status": newest["status"],
+            "events_24h": len(recent), "failures_24h": failures,
+            "failure_rate_24h": failures / len(recent) if recent else None,
+        })
+    return sorted(rows, key=lambda r: (r["account_id"], r["integration_name"].lower(), r["integration_id"]))
+
+
+@pytest.mark.parametrize("account", ["acme", "globex", None, "nobody"])
+def test_integrations_summary_matches_python(error_log_with_duplicate, account):
+    client, events = error_log_with_duplicate
+    summary = integrations_summary(client, account, now=NOW)
+    assert summary == expected_integrations(events, account)
+    if account == "acme":
+        assert "Shopify Store (renamed)" in [row["integration_name"] for row in summary]
+        assert all(row["events_24h"] > 0 for row in summary)
+
+
+def test_related_events_share_account_and_fingerprint_newest_first(error_log_with_duplicate):
+    client, events = error_log_with_duplicate
+    event = get_event(client, next(e["event_id"] for e in events
+                                   if e["account_id"] == "globex" and e["error_fingerprint"] == ERRORS[1][0]))
+    group = sorted(
+        (e for e in events if e["account_id"] == "globex" and e["error_fingerprint"] == ERRORS[1][0]
+         and str(e["event_id"]) != event["event_id"]),
+        key=lambda e: e["occurred_at"], reverse=True,
+    )
+    assert len(group) > 3
+    related = related_events(client, event, limit=3)
+    assert [r["event_id"] for r in related] == [str(e["event_id"]) for e in group[:3]]
+    everything = related_events(client, event, limit=1000)
+    assert [r["event_id"] for r in everything] == [str(e["event_id"]) for e in group]
+    assert event["event_id"] not in {r["event_id"] for r in everything}
+
+
+def test_an_event_without_a_fingerprint_has_no_related_events(error_log):
+    client, events = error_log
+    plain = next(e for e in events if not e["error_fingerprint"])
+    assert related_events(client, get_event(client, plain["event_id"])) == []
+
+
+# ---------------------------------------------------------------- 10,000 rows: paging and counters
+
+
+@pytest.fixture(scope="module")
+def ten_thousand(ten_thousand_database):
+    """10,000 events over 2,000 instants (five at each), inserted in one columnar insert."""
+    clickhouse = ten_thousand_database
+    rng = random.Random(10)
+    count = 10_000
+    base = datetime(2024, 8, 1, tzinfo=timezone.utc)
+    columns = {
+        "event_id": [uuid5(NAMESPACE_URL, f"ievents-test/10k/{n}") for n in range(count)],
+        "account_id": [rng.choice(ACCOUNTS) for _ in range(count)],
+        "integration_id": [rng.choice(list(INTEGRATIONS)) for _ in range(count)],
+        "occurred_at": [base + timedelta(seconds=n // 5) for n in range(count)],
+        "type": [rng.choice(["order", "product", "conversion"]) for _ in range(count)],
+        "direction": [rng.choice(DIRECTIONS) for _ in range(count)],
+        "status": [rng.choice(STATUS_NAMES) for _ in range(count)],
+        "message": [rng.choice(["", "Timeout after 30 s", "Order not found", "HTTP 429 Too Many Requests"])
+                    for _ in range(count)],
+        "processed_at": [base] * count,
+    }
+    clickhouse.insert("integration_events", list(columns.values()), column_names=list(columns), column_oriented=True)
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return clickhouse, rows
+
+
+def all_pages(client, fields: dict, limit: int) -> tuple[list[dict], int]:
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = list_events(client, EventFilter(**fields, limit=limit, cursor=cursor))
+        pages += 1
+        seen += page.events
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen, pages
+
+
+@pytest.mark.parametrize("limit", [1000, 333])
+def test_ten_thousand_rows_page_without_gaps_or_repeats(ten_thousand, limit):
+    client, rows = ten_thousand
+    seen, pages = all_pages(client, {}, limit)
+    ids = [event["event_id"] for event in seen]
+    assert len(ids) == len(set(ids)) == 10_000
+    assert set(ids) == {str(row["event_id"]) for row in rows}
+    assert pages == -(-10_000 // limit)
+    times = [event["occurred_at"] for event in seen]
+    assert times == sorted(times, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"account_id": "acme"}, {"status": "failure", "type": "order"}, {"search": "timeout"},
+     {"integration_id": "shop-1", "direction": "pull", "since": datetime(2024, 8, 1, 0, 7, 3, tzinfo=timezone.utc)}],
+    ids=str,
+)
+def test_counters_equal_the_count_of_the_listed_rows(ten_thousand, fields):
+    client, rows = ten_thousand
+    seen, _ = all_pages(client, fields, 1000)
+    counts = count_events(client, EventFilter(**fields))
+    assert counts.total == len(seen) > 0
+    for group, key in (("by_status", "status"), ("by_type", "type"), ("by_integration", "integration_id")):
+        tally = {}
+        for event in seen:
+            tally[event[key]] = tally.get(event[key], 0) + 1
+        assert {name: n for name, n in getattr(counts, group).items() if n} == tally, group

@@ -12,17 +12,27 @@ import pytest
 from pydantic import ValidationError
 
 from ievents.query.filters import (
+    CSV_HEADER,
+    MAX_SEARCH_LENGTH,
     Cursor,
     EventFilter,
     InvalidFilter,
     Query,
+    RateWindow,
     count_query,
     count_source,
     decode_cursor,
     encode_cursor,
+    error_groups_query,
+    export_query,
+    failure_rate_query,
     get_query,
+    integrations_query,
     list_query,
     on_boundary,
+    rate_bucket_seconds,
+    rate_window,
+    related_query,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -51,7 +61,7 @@ def where_of(query: Query) -> str:
         ("until", T0, "occurred_at < {until:DateTime64(3, 'UTC')}"),
     ],
 )
-def test_each_field_adds_one_condition_and_binds_its_value(field, value, condition):
+def test_each_rollup_field_adds_one_condition_and_binds_its_value(field, value, condition):
     flt = EventFilter(**{field: value})
     raw_counts = [count_query(flt, by, "raw") for by in (None, "status", "type")]
     for query in (list_query(flt), *raw_counts):
@@ -62,6 +72,45 @@ def test_each_field_adds_one_condition_and_binds_its_value(field, value, conditi
             query = count_query(flt, by, source)
             assert where_of(query) == condition.replace("occurred_at", "bucket")
             assert query.parameters[field] == value
+
+
+SEARCH_CONDITION = (
+    "(positionCaseInsensitiveUTF8(message, {search:String}) > 0"
+    " OR arrayExists(value -> positionCaseInsensitiveUTF8(value, {search:String}) > 0, mapValues(parameters)))"
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "condition"),
+    [
+        ("search", "50%_off", SEARCH_CONDITION),
+        ("error_category", "rate_limit", "error_category = {error_category:String}"),
+        ("fingerprint", "9f2c1e0a7b3d4c5e", "error_fingerprint = {fingerprint:String}"),
+    ],
+)
+def test_fields_the_rollups_lack_filter_the_raw_table_only(field, value, condition):
+    flt = EventFilter(**{field: value})
+    assert count_source(flt) == "raw"
+    for query in (list_query(flt), count_query(flt), count_query(flt, "integration_id"), export_query(flt)):
+        assert where_of(query) == condition
+        assert query.parameters[field] == value
+        assert "FROM integration_events FINAL" in query.sql
+    for source in ("hour", "minute"):
+        with pytest.raises(ValueError, match="coarsest it allows is 'raw'"):
+            count_query(flt, "status", source)
+
+
+def test_search_is_literal_text_not_a_pattern():
+    """No LIKE: % and _ cannot be wildcards, so nothing needs escaping and nothing can be forgotten."""
+    sql = list_query(EventFilter(search="%")).sql
+    assert "LIKE" not in sql.upper() and "match(" not in sql
+    assert sql.count("{search:String}") == 2
+
+
+def test_search_is_bounded_in_length():
+    EventFilter(search="x" * MAX_SEARCH_LENGTH)
+    with pytest.raises(ValidationError, match="at most 500 characters"):
+        EventFilter(search="x" * (MAX_SEARCH_LENGTH + 1))
 
 
 def test_unfiltered_list_reads_final_newest_first_with_one_extra_row():
@@ -81,6 +130,9 @@ def test_all_fields_are_anded_in_a_stable_order():
         direction="push",
         since=T0,
         until=T0 + timedelta(days=1),
+        search="timeout",
+        error_category="timeout",
+        fingerprint="0123456789abcdef",
         limit=10,
     )
     assert where_of(list_query(flt)).split(" AND ") == [
@@ -91,6 +143,9 @@ def test_all_fields_are_anded_in_a_stable_order():
         "direction = {direction:String}",
         "occurred_at >= {since:DateTime64(3, 'UTC')}",
         "occurred_at < {until:DateTime64(3, 'UTC')}",
+        SEARCH_CONDITION,
+        "error_category = {error_category:String}",
+        "error_fingerprint = {fingerprint:String}",
     ]
     assert list_query(flt).parameters["limit"] == 11
 
@@ -105,6 +160,14 @@ def test_all_fields_are_anded_in_a_stable_order():
         count_query(EventFilter(integration_id="rr-1"), "type"),
         get_query(EVENT_ID),
         get_query(EVENT_ID, "acme"),
+        count_query(EventFilter(search="x", error_category="auth", fingerprint="f"), "integration_id"),
+        error_groups_query(EventFilter(account_id="acme", search="x"), 10),
+        export_query(EventFilter(status="failure", search="x", fingerprint="f", cursor=encode_cursor(CURSOR))),
+        failure_rate_query(EventFilter(search="x"), RateWindow(T0, T0 + timedelta(hours=1), 60, "raw")),
+        failure_rate_query(EventFilter(type="order"), RateWindow(T0, T0 + timedelta(hours=1), 60, "minute")),
+        integrations_query("acme", T0),
+        integrations_query(None, T0),
+        related_query("acme", "f", EVENT_ID, 10),
     ],
     ids=lambda query: query.sql[:40],
 )
@@ -123,8 +186,16 @@ def test_every_placeholder_has_a_parameter_and_every_parameter_a_placeholder(que
     ],
 )
 def test_user_text_travels_only_as_parameters(hostile):
-    flt = EventFilter(account_id=hostile, integration_id=hostile, type=hostile)
-    for query in (list_query(flt), count_query(flt), count_query(flt, "type"), get_query(EVENT_ID, hostile)):
+    flt = EventFilter(
+        account_id=hostile, integration_id=hostile, type=hostile, search=hostile, error_category=hostile,
+        fingerprint=hostile,
+    )
+    window = rate_window(flt, T0)
+    for query in (
+        list_query(flt), count_query(flt), count_query(flt, "type"), get_query(EVENT_ID, hostile),
+        error_groups_query(flt), export_query(flt), failure_rate_query(flt, window), integrations_query(hostile, T0),
+        related_query(hostile, hostile, EVENT_ID),
+    ):
         assert hostile not in query.sql
         assert hostile in query.parameters.values()
 
@@ -253,10 +324,12 @@ def test_a_filter_field_the_rollups_do_not_keep_counts_the_raw_table():
     """A field added to EventFilter later must not be silently ignored by a rollup that lacks it."""
 
     class WiderFilter(EventFilter):
-        error_category: str | None = None
+        product_family: str | None = None
 
     assert count_source(WiderFilter(account_id="acme")) == "hour"
-    assert count_source(WiderFilter(account_id="acme", error_category="auth")) == "raw"
+    assert count_source(WiderFilter(account_id="acme", product_family="commerce")) == "raw"
+    for field, value in (("search", "x"), ("error_category", "auth"), ("fingerprint", "f")):
+        assert count_source(EventFilter(account_id="acme", since=T0, **{field: value})) == "raw"
 
 
 @pytest.mark.parametrize(
@@ -329,3 +402,124 @@ def test_filter_accepts_query_string_text():
     flt = EventFilter(since="2024-05-01T14:00:00+02:00", limit="20")
     assert flt.since == T0
     assert flt.limit == 20
+
+
+# ---------------------------------------------------------------- error groups, failure rate, integrations, export
+
+
+def test_error_groups_take_only_unsuccessful_events_with_a_fingerprint_biggest_first():
+    query = error_groups_query(EventFilter(account_id="acme", cursor=encode_cursor(CURSOR), limit=3), 25)
+    assert where_of(query) == "account_id = {account_id:String} AND error_fingerprint != '' AND status != 'success'"
+    assert " FROM integration_events FINAL " in query.sql
+    assert query.sql.endswith(" GROUP BY error_fingerprint ORDER BY count DESC, last_seen DESC, fingerprint"
+                              " LIMIT {group_limit:UInt32}")
+    assert query.parameters == {"account_id": "acme", "group_limit": 25}
+
+
+@pytest.mark.parametrize("limit", [0, 1001])
+def test_error_groups_limit_is_bounded(limit):
+    with pytest.raises(InvalidFilter):
+        error_groups_query(EventFilter(), limit)
+
+
+@pytest.mark.parametrize(
+    ("span", "seconds"),
+    [
+        (timedelta(minutes=1), 60),
+        (timedelta(hours=2), 60),
+        (timedelta(hours=2, seconds=1), 300),
+        (timedelta(hours=12), 300),
+        (timedelta(hours=13), 3600),
+        (timedelta(days=7), 3600),
+        (timedelta(days=7, minutes=1), 86_400),
+        (timedelta(days=365), 86_400),
+        (timedelta(days=1000), 86_400),
+        (timedelta(days=1001), 2 * 86_400),
+        (timedelta(days=3650), 4 * 86_400),
+    ],
+)
+def test_the_rate_bucket_follows_the_length_of_the_range(span, seconds):
+    assert rate_bucket_seconds(span) == seconds
+
+
+NOW = datetime(2024, 5, 1, 12, 34, 56, 789000, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("fields", "since", "until", "bucket", "source"),
+    [
+        # no range: the 24 hours up to the end of the current hour, whole hourly buckets
+        ({}, datetime(2024, 4, 30, 13, tzinfo=timezone.utc), datetime(2024, 5, 1, 13, tzinfo=timezone.utc), 3600,
+         "hour"),
+        ({"account_id": "acme", "status": "failure"}, datetime(2024, 4, 30, 13, tzinfo=timezone.utc),
+         datetime(2024, 5, 1, 13, tzinfo=timezone.utc), 3600, "hour"),
+        ({"search": "timeout"}, datetime(2024, 4, 30, 13, tzinfo=timezone.utc),
+         datetime(2024, 5, 1, 13, tzinfo=timezone.utc), 3600, "raw"),
+        # only since: up to the end of the bucket holding now
+        ({"since": NOW - timedelta(minutes=30)}, NOW - timedelta(minutes=30), datetime(2024, 5, 1, 12, 35,
+         tzinfo=timezone.utc), 60, "raw"),
+        ({"since": datetime(2024, 5, 1, 11, tzinfo=timezone.utc)}, datetime(2024, 5, 1, 11, tzinfo=timezone.utc),
+         datetime(2024, 5, 1, 12, 35, tzinfo=timezone.utc), 60, "minute"),
+        ({"since": datetime(2024, 4, 1, tzinfo=timezone.utc)}, datetime(2024, 4, 1, tzinfo=timezone.utc),
+         datetime(2024, 5, 2, tzinfo=timezone.utc), 86_400, "hour"),
+        # only until: the 24 hours before it
+        ({"until": datetime(2024, 4, 2, 6, 30, tzinfo=timezone.utc)}, datetime(2024, 4, 1, 6, 30, tzinfo=timezone.utc),
+         datetime(2024, 4, 2, 6, 30, tzinfo=timezone.utc), 3600, "minute"),
+        # both: as given
+        ({"since": T0, "until": T0 + timedelta(hours=6)}, T0, T0 + timedelta(hours=6), 300, "minute"),
+        ({"since": T0, "until": T0 + timedelta(days=3)}, T0, T0 + timedelta(days=3), 3600, "hour"),
+        ({"since": T0 + timedelta(seconds=1), "until": T0 + timedelta(days=3)}, T0 + timedelta(seconds=1),
+         T0 + timedelta(days=3), 3600, "raw"),
+    ],
+)
+def test_rate_window(fields, since, until, bucket, source):
+    window = rate_window(EventFilter(**fields), NOW)
+    assert (window.since, window.until, window.bucket_seconds, window.source) == (since, until, bucket, source)
+
+
+def test_rate_window_buckets_cover_the_range_from_its_first_bucket():
+    window = RateWindow(T0 + timedelta(minutes=7), T0 + timedelta(minutes=21), 300, "raw")
+    assert window.starts() == [T0 + timedelta(minutes=m) for m in (5, 10, 15, 20)]
+    assert RateWindow(T0, T0 + timedelta(hours=1), 3600, "hour").starts() == [T0]
+
+
+@pytest.mark.parametrize(
+    ("source", "table", "time_column"),
+    [("raw", "integration_events FINAL", "occurred_at"), ("hour", "integration_events_per_hour", "bucket"),
+     ("minute", "integration_events_per_minute", "bucket")],
+)
+def test_failure_rate_counts_per_bucket_from_its_source(source, table, time_column):
+    window = RateWindow(T0, T0 + timedelta(days=2), 3600, source)
+    query = failure_rate_query(EventFilter(account_id="acme", since=T0 - timedelta(days=9)), window)
+    assert f" FROM {table} WHERE account_id = {{account_id:String}} AND {time_column} >= " in query.sql
+    assert query.sql.startswith(f"SELECT intDiv(toUnixTimestamp({time_column}), {{bucket_seconds:UInt32}})")
+    assert query.parameters == {"account_id": "acme", "since": T0, "until": T0 + timedelta(days=2),
+                                "bucket_seconds": 3600}
+
+
+def test_integrations_read_the_raw_table_of_one_account_or_all():
+    mine = integrations_query("acme", T0)
+    assert where_of(mine) == "account_id = {account_id:String}"
+    assert mine.parameters == {"account_id": "acme", "day_ago": T0 - timedelta(hours=24)}
+    assert " WHERE " not in integrations_query(None, T0).sql
+    assert " FROM integration_events FINAL" in mine.sql
+
+
+def test_export_is_every_row_newest_first_without_paging():
+    query = export_query(EventFilter(account_id="acme", limit=5, cursor=encode_cursor(CURSOR)))
+    assert query.parameters == {"account_id": "acme"}
+    assert "LIMIT" not in query.sql and "cursor" not in query.sql
+    assert query.sql.endswith(" FROM integration_events FINAL WHERE account_id = {account_id:String}"
+                              " ORDER BY occurred_at DESC, event_id DESC")
+    assert CSV_HEADER == ("Created Date", "Account", "Integration", "Type", "Direction", "Status", "Message",
+                          "Template", "Category", "Parameters", "Details", "Event ID")
+
+
+def test_related_events_are_the_accounts_group_without_the_event_itself():
+    query = related_query("acme", "fp-1", str(EVENT_ID), 5)
+    assert where_of(query) == ("account_id = {account_id:String} AND error_fingerprint = {fingerprint:String}"
+                               " AND event_id != {event_id:UUID}")
+    assert query.parameters == {"account_id": "acme", "fingerprint": "fp-1", "event_id": EVENT_ID, "limit": 5}
+    assert query.sql.endswith(" ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}")
+    with pytest.raises(InvalidFilter):
+        related_query("acme", "fp-1", EVENT_ID, 0)
