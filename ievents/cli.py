@@ -209,6 +209,17 @@ def demo(
         raise fail(report.get("error") or f"stored {report['stored']} of {report['published']} events")
 
 
+def _run_bench(title: str, total: int, as_json: bool, run: Callable[[Callable[[str, int], None]], dict]) -> None:
+    """Run a benchmark with a progress bar on stderr; print its result as a table or one JSON object."""
+    with progress_bar("bench", total) as progress:
+        task = progress.add_task("preparing", total=total)
+        result = run(lambda stage, done: progress.update(task, description=stage, completed=done))
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_mapping(result, title)
+
+
 @bench_app.command("stream")
 def bench_stream_command(
     events: Annotated[int, typer.Option(help="Events through each side.")] = 50_000,
@@ -217,13 +228,7 @@ def bench_stream_command(
     """Events/s through the enrichment worker vs a bare Faust passthrough on the same broker and bytes."""
     from ievents.bench import bench_stream
 
-    with progress_bar("bench", events) as progress:
-        task = progress.add_task("preparing", total=events)
-        result = bench_stream(events, on_progress=lambda side, n: progress.update(task, description=side, completed=n))
-    if as_json:
-        print(json.dumps(result))
-    else:
-        _print_mapping(result, "bench stream")
+    _run_bench("bench stream", events, as_json, lambda progress: bench_stream(events, on_progress=progress))
 
 
 @bench_app.command("sink")
@@ -234,13 +239,39 @@ def bench_sink_command(
     """Rows/s from the enriched topic into ClickHouse vs inserting the same decoded batches directly."""
     from ievents.bench import bench_sink
 
-    with progress_bar("bench", rows) as progress:
-        task = progress.add_task("preparing", total=rows)
-        result = bench_sink(rows, on_progress=lambda side, n: progress.update(task, description=side, completed=n))
-    if as_json:
-        print(json.dumps(result))
-    else:
-        _print_mapping(result, "bench sink")
+    _run_bench("bench sink", rows, as_json, lambda progress: bench_sink(rows, on_progress=progress))
+
+
+@bench_app.command("query")
+def bench_query_command(
+    rows: Annotated[int, typer.Option(help="Stored events to query (simulated, then copied inside ClickHouse).")] = 1_000_000,
+    repeats: Annotated[int, typer.Option(help="Timed runs per query.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """p50/p95 latency of list (first and deep page), count, error groups, and CSV export rows/s."""
+    from ievents.bench import bench_query
+
+    _run_bench("bench query", rows, as_json, lambda progress: bench_query(rows, repeats=repeats, on_progress=progress))
+
+
+@bench_app.command("storage")
+def bench_storage_command(
+    rows: Annotated[int, typer.Option(help="Simulated events to store and measure.")] = 1_000_000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Bytes per event and column, and read paths (FINAL vs alternatives, rollups, bloom lookups), measured."""
+    import shutil
+    import tempfile
+
+    from ievents.clickhouse import connect
+    from ievents.sink.storage_report import measure_storage
+
+    folder = tempfile.mkdtemp(prefix="ievents-bench-storage-")
+    try:
+        _run_bench("bench storage", rows, as_json,
+                   lambda progress: measure_storage(connect(f"chdb://{folder}", "storage_bench"), rows))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _require_bootstrap(settings: Settings) -> Settings:
