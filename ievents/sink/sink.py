@@ -139,6 +139,8 @@ class ClickHouseSink:
         self._max_backoff = max_backoff
         self._pending = Batch()
         self._in_flight: tuple[Future, Batch] | None = None
+        # Kept from the rebalance callbacks, so reading it never calls into the consumer from another thread.
+        self._assigned: set[tuple[str, int]] = set()
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -150,7 +152,7 @@ class ClickHouseSink:
             "fetch.wait.max.ms": 100,
         })
         self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        self._consumer.subscribe([topic], on_revoke=self._on_revoke)
+        self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     # --- consuming ------------------------------------------------------------------------------------
 
@@ -185,18 +187,21 @@ class ClickHouseSink:
         )
         self._dlq.produce(self._dlq_topic, key=message.key(), value=value, headers=headers)
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving us: store and commit what we hold for them while they are still ours."""
         self._finish_in_flight()
-        if not self._pending.consumed:
-            return
-        batch, self._pending = self._pending, Batch()
-        log.info("flushing %d rows before %d partitions are revoked", len(batch.rows), len(partitions))
-        self.store(batch)
-        self.commit(batch)
+        if self._pending.consumed:
+            batch, self._pending = self._pending, Batch()
+            log.info("flushing %d rows before %d partitions are revoked", len(batch.rows), len(partitions))
+            self.store(batch)
+            self.commit(batch)
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     def assigned_partitions(self) -> set[tuple[str, int]]:
-        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return set(self._assigned)
 
     # --- storing --------------------------------------------------------------------------------------
 
@@ -268,7 +273,7 @@ class ClickHouseSink:
                         raise
                     INSERT_ERRORS.labels("transient").inc()
                     if not paused:
-                        paused = self._consumer.assignment()
+                        paused = [TopicPartition(topic, partition) for topic, partition in self.assigned_partitions()]
                         self._consumer.pause(paused)
                         PAUSED.set(1)
                     log.warning("ClickHouse failed (%s); retrying in %.1f s", exc, delay)
