@@ -8,6 +8,7 @@ once; every test gets fresh topic names and consumer groups.
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -25,14 +26,23 @@ def clickhouse_database() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
+@contextmanager
+def fresh_database(dsn: str, name: str | None = None):
+    """A client on a new, migrated database in the session's chDB folder, dropped afterwards."""
+    client = connect(dsn, name or f"test_{uuid.uuid4().hex[:12]}")
+    migrate(client)
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {client.database}")
+        client.close()
+
+
 @pytest.fixture
 def clickhouse(clickhouse_dsn, clickhouse_database):
     """A client on a fresh, migrated database."""
-    client = connect(clickhouse_dsn, clickhouse_database)
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {clickhouse_database}")
-    client.close()
+    with fresh_database(clickhouse_dsn, clickhouse_database) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ from uuid import uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from ievents.clickhouse import ClickHouseUnavailable, connect
+from ievents.clickhouse import ClickHouseUnavailable
 from ievents.query import create_app
-from ievents.sink.migrations import migrate
+from conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -212,14 +212,9 @@ LOG_IDS = [uuid4() for _ in LOG]
 
 @pytest.fixture(scope="module")
 def log_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

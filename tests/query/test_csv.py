@@ -11,12 +11,11 @@ import io
 import json
 import random
 from datetime import datetime, timedelta, timezone
-from uuid import NAMESPACE_URL, uuid4, uuid5
+from uuid import NAMESPACE_URL, uuid5
 
 import pytest
 from fastapi.testclient import TestClient
 
-from ievents.clickhouse import connect
 from ievents.query import (
     CSV_HEADER,
     EventFilter,
@@ -30,7 +29,7 @@ from ievents.query import (
 )
 from ievents.query.api import SharedClient
 from ievents.query.events import EXPORT_CHUNK_BYTES
-from ievents.sink.migrations import migrate
+from conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -181,14 +180,9 @@ def many_events(count: int, seed: int = 1) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def many_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import itertools
 import json
 import random
 from datetime import datetime, timedelta, timezone
-from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
 
-from ievents.clickhouse import connect
 from ievents.query import (
     EventFilter,
     count_events,
@@ -28,7 +27,7 @@ from ievents.query import (
     related_events,
 )
 from ievents.query.filters import RateWindow, count_source, failure_rate_query
-from ievents.sink.migrations import migrate
+from conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -427,38 +426,23 @@ def insert_events(client, events: list[dict], token: str) -> None:
 
 @pytest.fixture(scope="module")
 def error_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
 def duplicate_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
 def ten_thousand_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 def fill_error_log(client) -> list[dict]:

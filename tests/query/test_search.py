@@ -6,12 +6,11 @@ SQL-injection attempts in every text filter, through the library and through eve
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from uuid import NAMESPACE_URL, uuid4, uuid5
+from uuid import NAMESPACE_URL, uuid5
 
 import pytest
 from fastapi.testclient import TestClient
 
-from ievents.clickhouse import connect
 from ievents.query import (
     EventFilter,
     count_events,
@@ -22,7 +21,7 @@ from ievents.query import (
     integrations_summary,
     list_events,
 )
-from ievents.sink.migrations import migrate
+from conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +57,9 @@ def event_id(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def search_database(clickhouse_dsn):
-    """A fresh, migrated database of this module's own, for tests that only read it: filled once, not per test.
-
-    In the session's one chDB folder, like the ``clickhouse`` fixture's databases."""
-    client = connect(clickhouse_dsn, f"test_{uuid4().hex[:12]}")
-    migrate(client)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {client.database}")
-    client.close()
+    """A database of this module's own, filled once for tests that only read it."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
