@@ -22,20 +22,8 @@ PARTITION BY toYYYYMM(bucket)
 ORDER BY (account_id, integration_id, bucket, type, status, direction)
 SETTINGS ttl_only_drop_parts = 1, materialize_ttl_recalculate_only = 1, non_replicated_deduplication_window = 1000;
 
-CREATE TABLE IF NOT EXISTS integration_events_per_hour
-(
-    account_id     String,
-    integration_id String,
-    bucket         DateTime('UTC') CODEC(Delta, ZSTD),
-    type           LowCardinality(String),
-    status         Enum8('info' = 1, 'success' = 2, 'failure' = 3),
-    direction      Enum8('none' = 0, 'pull' = 1, 'push' = 2),
-    events         UInt64 CODEC(T64, ZSTD)
-)
-ENGINE = SummingMergeTree(events)
-PARTITION BY toYYYYMM(bucket)
-ORDER BY (account_id, integration_id, bucket, type, status, direction)
-SETTINGS ttl_only_drop_parts = 1, materialize_ttl_recalculate_only = 1, non_replicated_deduplication_window = 1000;
+-- Same columns, engine, key and settings as the per-minute table; only the bucket width differs.
+CREATE TABLE IF NOT EXISTS integration_events_per_hour AS integration_events_per_minute;
 
 -- Which rollups have had their backfill: the marker that makes a backfill happen once.
 CREATE TABLE IF NOT EXISTS integration_events_rollup_backfills
