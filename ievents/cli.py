@@ -99,13 +99,34 @@ def serve(sink: Annotated[bool, typer.Option(help="Also run the sink in this pro
 @app.command("sink")
 def sink_command() -> None:
     """Run only the sink (enriched topic -> ClickHouse) in the foreground."""
+    from ievents.metrics import serve_metrics
     from ievents.runtime import SinkService
 
-    with SinkService(_require_bootstrap(Settings())) as service:
+    settings = _require_bootstrap(Settings())
+    serve_metrics(settings.metrics_host, settings.sink_metrics_port)
+    with SinkService(settings) as service:
         try:
             service.wait()
         except KeyboardInterrupt:
             pass
+
+
+# Shared by `simulate` and `up`: make one integration fail often, to watch the failure-rate alert fire.
+FailingIntegration = Annotated[
+    Optional[str], typer.Option(help="Integration id (e.g. hub-shopify) that fails at --failure-rate.")]
+FailureRate = Annotated[
+    Optional[float], typer.Option(help="Share of failures (0-1) for --failing-integration, or for all without it.")]
+
+
+def _simulated(count: int, accounts: int, seed: int, failing_integration: str | None, failure_rate: float | None):
+    """The simulator's events, its argument errors turned into a clear CLI error."""
+    from ievents.producers.simulator import simulate_events
+
+    try:
+        return simulate_events(
+            count, accounts=accounts, seed=seed, failing_integration=failing_integration, failure_rate=failure_rate)
+    except ValueError as exc:
+        raise fail(f"{exc}. See `ievents simulate --help`.") from None
 
 
 @app.command()
@@ -114,16 +135,20 @@ def simulate(
     rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0,
     accounts: Annotated[int, typer.Option(help="Simulated customer accounts.")] = 5,
     seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 0,
+    failing_integration: FailingIntegration = None,
+    failure_rate: FailureRate = None,
 ) -> None:
     """Publish realistic simulated integration events to the raw topic."""
-    from ievents.producers.simulator import simulate_events
+    from ievents.metrics import serve_metrics
     from ievents.runtime import open_producer, publish
 
     settings = _require_bootstrap(Settings())
+    simulated = _simulated(events, accounts, seed, failing_integration, failure_rate)
+    serve_metrics(settings.metrics_host, settings.producer_metrics_port)
     with progress_bar("publishing", events) as progress:
         task = progress.add_task("publishing", total=events)
         sent = publish(
-            open_producer(settings), simulate_events(events, accounts=accounts, seed=seed), rate=rate or None,
+            open_producer(settings), simulated, rate=rate or None,
             on_sent=lambda n: progress.update(task, completed=n),
         )
     console.print(f"published {sent} events to {settings.topic_raw} on {settings.kafka_bootstrap}")
@@ -133,15 +158,17 @@ def simulate(
 def up(
     rate: Annotated[float, typer.Option(help="Simulated events per second (0 = no simulator).")] = 5,
     accounts: Annotated[int, typer.Option(help="Simulated customer accounts.")] = 5,
+    failing_integration: FailingIntegration = None,
+    failure_rate: FailureRate = None,
 ) -> None:
     """Start the embedded stack in the foreground: broker, stream worker, sink, query API, simulator."""
     import threading
 
     from ievents.kafka import port_is_free
-    from ievents.producers.simulator import simulate_events
     from ievents.runtime import EmbeddedStack, SinkService, open_producer, publish, serve_api
 
     settings = Settings()
+    simulated = _simulated(10**9, accounts, int(time.time()), failing_integration, failure_rate)
     if not port_is_free(settings.api_port):
         raise fail(f"Port {settings.api_port} is taken; set IEVENTS_API_PORT to a free port.")
     stop = threading.Event()
@@ -155,7 +182,7 @@ def up(
             settings.operator_key_file.chmod(0o600)
         simulator = threading.Thread(
             target=publish, daemon=True,
-            args=(open_producer(settings), simulate_events(10**9, accounts=accounts, seed=int(time.time()))),
+            args=(open_producer(settings), simulated),
             kwargs={"rate": rate, "stop": stop},
         )
         if rate:
@@ -166,10 +193,11 @@ def up(
                 f"Events API      {base}/api/v1/events   (count: {base}/api/v1/events/count)",
                 f"API docs        {base}/docs",
                 f"Metrics         {base}/metrics (sink + API)",
-                *(f"                http://127.0.0.1:{port}/metrics (stream worker)" for port in stack.stream_metrics_ports),
+                *(f"                http://{settings.metrics_host}:{port}/metrics (stream worker)" for port in stack.stream_metrics_ports),
                 f"Kafka           {settings.kafka_bootstrap}   topics: {', '.join(settings.topics)}",
                 f"ClickHouse      {settings.clickhouse_dsn}   database: {settings.clickhouse_database}",
-                f"Simulator       {rate:g} events/s over {accounts} accounts" if rate else "Simulator       off",
+                f"Simulator       {rate:g} events/s over {accounts} accounts"
+                + (f", {failing_integration} failing" if failing_integration else "") if rate else "Simulator       off",
                 f"Logs            {settings.data_dir / 'logs'}",
                 f"Operator key    {settings.operator_key if generated_key else '(from IEVENTS_OPERATOR_KEY)'}"
                 f"   (saved in {settings.operator_key_file} for the local CLI)" if generated_key else "",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ievents.clickhouse import connect
-from ievents.kafka import EmbeddedBroker, ensure_topics, free_port
+from ievents.kafka import EmbeddedBroker, ensure_topics, free_port, port_is_free
 from ievents.producers.sdk import IntegrationEventProducer
 from ievents.schemas import ENRICHED, RAW, SchemaSource, schema_source
 from ievents.settings import Settings
@@ -93,13 +93,22 @@ class EmbeddedStack:
                 self.settings = self.settings.model_copy(update={"kafka_bootstrap": self._broker.bootstrap})
             ensure_topics(self.settings.kafka_bootstrap, topic_partitions(self.settings))
             for index in range(self._workers):
-                worker_settings = self.settings.model_copy(update={"stream_metrics_port": free_port()})
+                worker_settings = self.settings.model_copy(update={"stream_metrics_port": self._metrics_port(index)})
                 self._processes.append(start_stream_worker(worker_settings, logs / f"stream-{index}.log"))
                 self.stream_metrics_ports.append(worker_settings.stream_metrics_port)
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def _metrics_port(self, index: int) -> int:
+        """Worker ``index`` serves /metrics on the configured port + index (fixed, so Prometheus can scrape it); 0 = any free port."""
+        if not self.settings.stream_metrics_port:
+            return free_port()
+        port = self.settings.stream_metrics_port + index
+        if not port_is_free(port):
+            raise RuntimeError(f"Port {port} for a stream worker's metrics is taken; set IEVENTS_STREAM_METRICS_PORT to a free port.")
+        return port
 
     def check_alive(self) -> None:
         """Raise if a stream worker died (its log under data/logs says why)."""

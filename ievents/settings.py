@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     topic_partitions: int = 4
     schema_registry_url: str = ""
 
+    # Every process serves Prometheus metrics on <metrics_host>:<its port> (0.0.0.0 in containers).
+    metrics_host: str = "127.0.0.1"
+    # The producer SDK's metrics server (`ievents simulate`); 0 = none (a host application exports them itself).
+    producer_metrics_port: int = 0
+
     # Stream worker (Faust).
     stream_app_id: str = "ievents-stream"
     stream_batch_size: int = 2000
@@ -42,6 +47,8 @@ class Settings(BaseSettings):
     sink_group: str = "ievents-sink"
     sink_batch_rows: int = 10_000
     sink_batch_seconds: float = 1.0
+    # `ievents sink` serves /metrics here; in `ievents up` / `ievents serve` the API's /metrics carries the sink's.
+    sink_metrics_port: int = 9102
 
     # ClickHouse: chdb:///absolute/path (embedded) or http://host:8123 (server).
     clickhouse_url: str = ""

@@ -5,6 +5,11 @@ keyed by account_id so one account's events stay in order on one partition,
 with delivery reports that surface failures to the caller instead of
 dropping them: ``flush()`` raises ``DeliveryFailed`` listing what did not
 arrive.
+
+Metrics: deliveries and delivery errors are counted in prometheus-client's
+default registry, so a host application that already exports its metrics
+exports these too; one that does not can call
+``ievents.metrics.serve_metrics(host, port)``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter
 
 from ievents.schemas import RAW, AvroCodec, SchemaSource
+
+
+DELIVERED = Counter("ievents_producer_events_delivered_total", "Events Kafka acknowledged")
+DELIVERY_ERRORS = Counter(
+    "ievents_producer_delivery_errors_total", "Events Kafka did not acknowledge, by librdkafka error name", ["error"],
+)
 
 
 class DeliveryFailed(RuntimeError):
@@ -71,8 +83,10 @@ class IntegrationEventProducer:
     def _delivered(self, event_id: str, error: KafkaError | None, _message: Message) -> None:
         if error is None:
             self.delivered += 1
+            DELIVERED.inc()
         else:
             self._failures.append((event_id, error.str()))
+            DELIVERY_ERRORS.labels(error.name()).inc()
         if self._on_delivery:
             self._on_delivery(event_id, None if error is None else error.str())
 

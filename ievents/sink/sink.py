@@ -28,6 +28,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from ievents.metrics import LagReporter, consumer_lag
 from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,20 @@ TABLE = "integration_events"
 
 ROWS_INSERTED = Counter("ievents_sink_rows_inserted_total", "Rows inserted into ClickHouse")
 DUPLICATES_SKIPPED = Counter("ievents_sink_duplicates_skipped_total", "Re-delivered events not inserted again")
-INSERT_ERRORS = Counter("ievents_sink_insert_errors_total", "Failed insert attempts, by kind", ["kind"])
+INSERT_ERRORS = Counter(
+    "ievents_sink_insert_errors_total",
+    "Failed ClickHouse operations, by kind: transient (retried) or rejected_rows (batch split, bad rows to the DLQ)",
+    ["kind"],
+)
+INSERT_RETRIES = Counter("ievents_sink_insert_retries_total", "ClickHouse operations retried after a backoff")
 DEAD_LETTERS = Counter("ievents_sink_dead_letters_total", "Messages the sink sent to the DLQ, by reason", ["reason"])
 BATCH_ROWS = Histogram("ievents_sink_batch_rows", "Rows per insert", buckets=(1, 10, 100, 1000, 5000, 10000, 50000))
 INSERT_SECONDS = Histogram("ievents_sink_insert_duration_seconds", "Duration of one batch insert")
 PAUSED = Gauge("ievents_sink_paused", "1 while the consumer is paused because ClickHouse is failing")
+EVENT_DELAY = Histogram(
+    "ievents_sink_event_delay_seconds", "End-to-end delay per event: from occurred_at to stored (queryable) in ClickHouse",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+)
 
 COLUMNS = (
     "event_id", "account_id", "integration_id", "integration_name", "integration_platform", "product_family",
@@ -69,6 +79,11 @@ def to_row(event: dict[str, Any]) -> tuple:
 def as_datetime(moment: datetime | int) -> datetime:
     """A row's timestamp (a datetime, or epoch milliseconds as the sink decodes it) as an aware datetime."""
     return moment if isinstance(moment, datetime) else datetime.fromtimestamp(moment / 1000, timezone.utc)
+
+
+def as_epoch_seconds(moment: datetime | int) -> float:
+    """A row's timestamp as epoch seconds (cheap for the epoch-milliseconds ints the sink decodes)."""
+    return moment.timestamp() if isinstance(moment, datetime) else moment / 1000
 
 
 def is_data_error(error: Exception) -> bool:
@@ -141,6 +156,9 @@ class ClickHouseSink:
         self._in_flight: tuple[Future, Batch] | None = None
         # Kept from the rebalance callbacks, so reading it never calls into the consumer from another thread.
         self._assigned: set[tuple[str, int]] = set()
+        # Per assigned partition, the offset after the last stored-and-committed message (None: never committed).
+        self._stored_positions: dict[tuple[str, int], int | None] = {}
+        self._lag = LagReporter("sink")
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -170,8 +188,23 @@ class ClickHouseSink:
                         log.warning("consumer error: %s", message.error())
                     continue
                 self._pending.add(message, self._decode(message))
+        self._report_lag()
         batch, self._pending = self._pending, Batch()
         return batch
+
+    def _report_lag(self) -> None:
+        """Messages not yet stored per assigned partition: fetch high watermark - committed position.
+
+        Measured against what is committed, not what is fetched, so a batch held
+        while ClickHouse fails still counts as lag. A partition never committed
+        counts from the start of its log.
+        """
+        lags = {}
+        for topic, partition in self._assigned:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            stored = self._stored_positions.get((topic, partition))
+            lags[topic, partition] = consumer_lag(high, low if stored is None else stored)
+        self._lag.report(lags)
 
     def _decode(self, message: Message) -> tuple | None:
         try:
@@ -187,8 +220,15 @@ class ClickHouseSink:
         )
         self._dlq.produce(self._dlq_topic, key=message.key(), value=value, headers=headers)
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:  # only the lag metric needs it; it is learnt at the next commit
+            log.warning("could not read committed offsets for the lag metric: %s", exc)
+            committed = partitions
+        for tp in committed:
+            self._stored_positions[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else None
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving us: store and commit what we hold for them while they are still ours."""
@@ -199,6 +239,8 @@ class ClickHouseSink:
             self.store(batch)
             self.commit(batch)
         self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        for tp in partitions:
+            self._stored_positions.pop((tp.topic, tp.partition), None)
 
     def assigned_partitions(self) -> set[tuple[str, int]]:
         return set(self._assigned)
@@ -254,6 +296,9 @@ class ClickHouseSink:
         INSERT_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(len(rows))
         ROWS_INSERTED.inc(len(rows))
+        stored_at = time.time()
+        for occurred_at in columns[OCCURRED_AT]:
+            EVENT_DELAY.observe(stored_at - as_epoch_seconds(occurred_at))
 
     def _with_retries(self, operation: Callable[[], Any], stop: threading.Event | None) -> Any:
         """Run a ClickHouse operation, retrying transient failures with exponential backoff and jitter.
@@ -277,6 +322,7 @@ class ClickHouseSink:
                         self._consumer.pause(paused)
                         PAUSED.set(1)
                     log.warning("ClickHouse failed (%s); retrying in %.1f s", exc, delay)
+                    INSERT_RETRIES.inc()
                     if stop is not None and stop.wait(delay):
                         raise
                     if stop is None:
@@ -307,6 +353,9 @@ class ClickHouseSink:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("offset commit refused (%s); the stored rows will be skipped on re-delivery", exc)
+            return
+        for tp in offsets:
+            self._stored_positions[tp.topic, tp.partition] = tp.offset
 
     def run(self, stop: threading.Event) -> None:
         """Poll, store, commit until ``stop`` is set; the last batch is stored and committed before returning.

@@ -23,19 +23,24 @@ from collections import Counter as Tally
 from datetime import datetime, timedelta, timezone
 
 import faust
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from faust.types import TP
+from prometheus_client import Counter, Gauge, Histogram
 
+from ievents.metrics import LagReporter, consumer_lag, serve_metrics
 from ievents.schemas import ENRICHED, RAW, AvroCodec, SchemaError, dead_letter, schema_source
 from ievents.settings import Settings
 from ievents.stream.classify import FAILURE, INFO, SUCCESS
 from ievents.stream.enrich import Rejected, enrich, validate
 
 EVENTS = Counter(
-    "ievents_stream_events_total", "Events enriched, by integration, canonical type and status",
-    ["integration", "type", "status"],
+    "ievents_stream_events_total", "Events enriched, by integration (id and its display name), canonical type and status",
+    ["integration", "integration_name", "type", "status"],
 )
 DEAD_LETTERS = Counter("ievents_stream_dead_letters_total", "Messages sent to the DLQ, by reason", ["reason"])
-BATCH_SECONDS = Histogram("ievents_stream_batch_duration_seconds", "Time to enrich and deliver one batch")
+BATCH_SECONDS = Histogram(
+    "ievents_stream_batch_duration_seconds", "Time to enrich and deliver one batch (stream processing latency)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 EVENT_DELAY = Histogram(
     "ievents_stream_event_delay_seconds", "From occurred_at to enriched, per event",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
@@ -44,6 +49,9 @@ FAILURE_RATIO = Gauge(
     "ievents_stream_integration_failure_ratio",
     "Failures / events of an integration in the current counting window", ["integration"],
 )
+
+
+LAG_REPORT_SECONDS = 5.0
 
 
 class StatusCount(faust.Record, serializer="json"):
@@ -117,6 +125,8 @@ def create_app(settings: Settings) -> faust.App:
     subjects = {RAW: f"{settings.topic_raw}-value", ENRICHED: f"{settings.topic_enriched}-value"}
     schemas = schema_source(settings.schema_registry_url, subjects)
     raw_codec, enriched_codec = AvroCodec(schemas, RAW), AvroCodec(schemas, ENRICHED)
+    read_positions: dict[int, int] = {}  # raw partition -> offset after the last message this worker read
+    lag_reporter = LagReporter("stream")
 
     @app.agent(raw_topic)
     async def enrich_events(stream):
@@ -124,9 +134,10 @@ def create_app(settings: Settings) -> faust.App:
             started = time.perf_counter()
             processed_at = datetime.now(timezone.utc)
             deliveries = []
-            tally: Tally[tuple[str, str, str]] = Tally()  # (integration, type, status) -> events in this batch
+            tally: Tally[tuple[str, str, str, str]] = Tally()  # (integration id, name, type, status) -> events
             for event in events:
                 message = event.message
+                read_positions[message.partition] = message.offset + 1
                 outcome = process_message(
                     message.value, partition=message.partition, offset=message.offset, processed_at=processed_at,
                     settings=settings, raw_codec=raw_codec, enriched_codec=enriched_codec,
@@ -140,12 +151,13 @@ def create_app(settings: Settings) -> faust.App:
                     deliveries.append(await dlq_topic.send(key=message.key, value=value, headers=headers))
                     continue
                 value, enriched = outcome
-                tally[enriched["integration"]["id"], enriched["type"], enriched["status"]] += 1
+                integration = enriched["integration"]
+                tally[integration["id"], integration["name"], enriched["type"], enriched["status"]] += 1
                 EVENT_DELAY.observe((processed_at - enriched["occurred_at"]).total_seconds())
                 deliveries.append(await enriched_topic.send(key=enriched["account_id"].encode(), value=value))
             by_status: Tally[tuple[str, str]] = Tally()
-            for (integration, canonical_type, status), count in tally.items():
-                EVENTS.labels(integration, canonical_type, status).inc(count)
+            for (integration, name, canonical_type, status), count in tally.items():
+                EVENTS.labels(integration, name, canonical_type, status).inc(count)
                 by_status[integration, status] += count
             for (integration, status), count in by_status.items():
                 deliveries.append(await counts_topic.send(
@@ -164,9 +176,19 @@ def create_app(settings: Settings) -> faust.App:
             FAILURE_RATIO.labels(count.integration).set(failure_ratio(window_counts))
 
     @app.task
-    async def serve_metrics() -> None:
-        if settings.stream_metrics_port:
-            start_http_server(settings.stream_metrics_port, addr="127.0.0.1")
+    async def start_metrics_server() -> None:
+        serve_metrics(settings.metrics_host, settings.stream_metrics_port)
+
+    @app.timer(interval=LAG_REPORT_SECONDS)
+    async def report_lag() -> None:
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_raw}
+        for partition in read_positions.keys() - assigned:  # revoked: a later owner's reads are not ours
+            del read_positions[partition]
+        lag_reporter.report({
+            (settings.topic_raw, partition): consumer_lag(
+                app.consumer.highwater(TP(settings.topic_raw, partition)), read_positions.get(partition))
+            for partition in assigned
+        })
 
     return app
 

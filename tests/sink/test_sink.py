@@ -112,6 +112,12 @@ def metric(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def sink_lag(settings) -> float:
+    """The sink's lag gauges summed over the enriched topic's partitions."""
+    return sum(metric("ievents_consumer_lag_messages", stage="sink", topic=settings.topic_enriched, partition=str(p))
+               for p in range(settings.topic_partitions))
+
+
 @pytest.mark.integration
 def test_a_sink_that_dies_between_insert_and_commit_loses_and_duplicates_nothing(settings, clickhouse):
     ids = publish_enriched(settings, 3000)
@@ -158,14 +164,22 @@ def test_while_clickhouse_fails_the_sink_retries_commits_nothing_and_then_stores
     thread = threading.Thread(target=sink.run, args=(stop,))
     thread.start()
     try:
-        retries = "ievents_sink_insert_errors_total"
-        errors_before = metric(retries, kind="transient")
-        wait_for(lambda: metric(retries, kind="transient") >= errors_before + 3, 60, "retried failures")
+        delays_before = metric("ievents_sink_event_delay_seconds_count")
+        errors_before, retries_before = metric("ievents_sink_insert_errors_total", kind="transient"), metric(
+            "ievents_sink_insert_retries_total")
+        wait_for(lambda: metric("ievents_sink_insert_retries_total") >= retries_before + 3, 60, "retried failures")
+        assert metric("ievents_sink_insert_errors_total", kind="transient") >= errors_before + 3
         assert metric("ievents_sink_paused") == 1
         assert all(offset < 0 for offset in committed(settings))
+        # Fetched but not stored is still lag: the held batch counts.
+        assert sink_lag(settings) == 1000
         clickhouse.command("ATTACH TABLE integration_events")
         wait_for(lambda: len(stored_ids(clickhouse)) >= 1000, 60, "1,000 stored events")
         assert metric("ievents_sink_paused") == 0
+        wait_for(lambda: sink_lag(settings) == 0, 30, "the sink's lag back to 0 once stored and committed")
+        # Each stored event's end-to-end delay is observed once: the outage shows in it.
+        assert metric("ievents_sink_event_delay_seconds_count") == delays_before + 1000
+        assert metric("ievents_sink_event_delay_seconds_bucket", le="0.1") < delays_before + 1000
     finally:
         stop.set()
         thread.join(30)

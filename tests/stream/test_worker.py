@@ -89,16 +89,29 @@ def test_a_failing_integration_shows_in_the_windowed_failure_ratio_and_counters(
         return {dict(labels)["integration"]: value for (name, labels), value in samples.items()
                 if name == "ievents_stream_integration_failure_ratio"}
 
+    def counted() -> float:
+        try:
+            samples = scrape(settings.stream_metrics_port)
+        except httpx.HTTPError:
+            return 0
+        return sum(value for (name, _), value in samples.items() if name == "ievents_stream_events_total")
+
+    alive = lambda: process.poll() is None or pytest.fail("worker died")  # noqa: E731
+    wait_for(lambda: counted() == 3000, 120, "every event counted", check=alive)
     per_integration = {event["integration"]["id"] for event in events}
-    wait_for(lambda: set(ratios()) == per_integration, 120, "a failure ratio for every integration",
-             check=lambda: process.poll() is None or pytest.fail("worker died"))
+    # The ratios trail the counters: they come from the counts topic the worker sends to after each batch.
+    wait_for(lambda: set(ratios()) == per_integration, 60, "a failure ratio for every integration", check=alive)
     final = ratios()
     assert final["hub-shopify"] > 0.7
     assert all(ratio < 0.4 for integration, ratio in final.items() if integration != "hub-shopify")
 
-    samples = scrape(settings.stream_metrics_port)
-    counted = sum(value for (name, _), value in samples.items() if name == "ievents_stream_events_total")
-    assert counted == 3000
+    def stream_lag() -> dict[str, float]:
+        return {dict(labels)["partition"]: value for (name, labels), value in scrape(settings.stream_metrics_port).items()
+                if name == "ievents_consumer_lag_messages" and dict(labels)["topic"] == settings.topic_raw}
+
+    # One worker holds every raw partition and has read all of them (the gauge is refreshed every 5 s).
+    wait_for(lambda: stream_lag() == {str(p): 0 for p in range(settings.topic_partitions)}, 30,
+             "the stream's lag at 0 on every raw partition", check=alive)
 
 
 def test_a_restarted_worker_recovers_its_table_and_carries_on(worker):
