@@ -100,15 +100,15 @@ def serve(sink: Annotated[bool, typer.Option(help="Also run the sink in this pro
 def sink_command() -> None:
     """Run only the sink (enriched topic -> ClickHouse) in the foreground."""
     from ievents.metrics import serve_metrics
-    from ievents.runtime import SinkService
+    from ievents.runtime import SinkService, sigterm_as_interrupt
 
     settings = _require_bootstrap(Settings())
     serve_metrics(settings.metrics_host, settings.sink_metrics_port)
-    with SinkService(settings) as service:
+    with SinkService(settings) as service, sigterm_as_interrupt():
         try:
             service.wait()
         except KeyboardInterrupt:
-            pass
+            pass  # leaving the block stores the last batch and commits it
 
 
 # Shared by `simulate` and `up`: make one integration fail often, to watch the failure-rate alert fire.
@@ -164,6 +164,7 @@ def up(
     """Start the embedded stack in the foreground: broker, stream worker, sink, query API, simulator."""
     import threading
 
+    from ievents.clickhouse import without_password
     from ievents.kafka import port_is_free
     from ievents.runtime import EmbeddedStack, SinkService, open_producer, publish, serve_api
 
@@ -195,7 +196,7 @@ def up(
                 f"Metrics         {base}/metrics (sink + API)",
                 *(f"                http://{settings.metrics_host}:{port}/metrics (stream worker)" for port in stack.stream_metrics_ports),
                 f"Kafka           {settings.kafka_bootstrap}   topics: {', '.join(settings.topics)}",
-                f"ClickHouse      {settings.clickhouse_dsn}   database: {settings.clickhouse_database}",
+                f"ClickHouse      {without_password(settings.clickhouse_dsn)}   database: {settings.clickhouse_database}",
                 f"Simulator       {rate:g} events/s over {accounts} accounts"
                 + (f", {failing_integration} failing" if failing_integration else "") if rate else "Simulator       off",
                 f"Logs            {settings.data_dir / 'logs'}",

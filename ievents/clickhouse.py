@@ -8,6 +8,8 @@ why the embedded stack keeps the sink and the query API in one process.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ProgrammingError
@@ -18,9 +20,10 @@ class ClickHouseUnavailable(RuntimeError):
 
 
 def connect(dsn: str, database: str) -> Client:
-    """A client on ``database`` (created if missing)."""
+    """A client on ``database``, created if missing (a read-only user can connect to an existing one)."""
     try:
-        client = clickhouse_connect.get_client(dsn=dsn)
+        # clickhouse-connect picks TLS from the port (443/8443) only: honour the https:// scheme on any port.
+        client = clickhouse_connect.get_client(dsn=dsn, **({"interface": "https"} if dsn.startswith("https:") else {}))
     except ProgrammingError as exc:
         if dsn.startswith("chdb:"):
             folder = dsn.removeprefix("chdb://")
@@ -28,14 +31,26 @@ def connect(dsn: str, database: str) -> Client:
                 f"The chDB data folder {folder} is held by another process (is `ievents up` running?). "
                 "Query the running API instead (IEVENTS_API_URL), or stop that process first."
             ) from exc
-        raise ClickHouseUnavailable(f"Cannot reach ClickHouse at {dsn}: {exc}") from exc
+        raise ClickHouseUnavailable(f"Cannot reach ClickHouse at {without_password(dsn)}: {exc}") from exc
     except Exception as exc:
         raise ClickHouseUnavailable(
-            f"Cannot reach ClickHouse at {dsn}: {exc}. Check IEVENTS_CLICKHOUSE_URL and that the server is up."
+            f"Cannot reach ClickHouse at {without_password(dsn)}: {exc}. "
+            "Check IEVENTS_CLICKHOUSE_URL and that the server is up."
         ) from exc
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+    exists = client.query("SELECT count() FROM system.databases WHERE name = {name:String}", parameters={"name": database})
+    if not exists.result_rows[0][0]:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
     client.database = database
     return client
+
+
+def without_password(dsn: str) -> str:
+    """The DSN with its password masked, for messages and logs."""
+    parsed = urlsplit(dsn)
+    if not parsed.password:
+        return dsn
+    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunsplit(parsed._replace(netloc=netloc))
 
 
 def quote_identifier(name: str) -> str:

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,26 @@ class SinkService:
         self._thread.join(60)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the process the way Ctrl-C does (KeyboardInterrupt), so cleanup runs.
+
+    Without it SIGTERM kills the process outright: no final batch stored, no
+    offsets committed, stream workers left running. uvicorn re-raises the
+    signal it handled once it has shut down; this handler is what it finds.
+    """
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve_api(settings: Settings, service: SinkService | None = None) -> None:
-    """The query API in the foreground until Ctrl-C; shares ``service``'s ClickHouse engine when given."""
+    """The query API in the foreground until Ctrl-C or SIGTERM; shares ``service``'s ClickHouse engine when given."""
     import uvicorn
 
     from ievents.query import create_app
@@ -184,12 +203,13 @@ def serve_api(settings: Settings, service: SinkService | None = None) -> None:
     else:
         factory = lambda: connect(settings.clickhouse_dsn, settings.clickhouse_database)  # noqa: E731
     try:
-        uvicorn.run(
-            create_app(factory, settings.resolved_operator_key(), settings.api_keys), host=settings.api_host, port=settings.api_port,
-            log_level="warning", lifespan="off",
-        )
+        with sigterm_as_interrupt():
+            uvicorn.run(
+                create_app(factory, settings.resolved_operator_key(), settings.api_keys), host=settings.api_host,
+                port=settings.api_port, log_level="warning", lifespan="off",
+            )
     except KeyboardInterrupt:
-        pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is what was asked
+        pass  # uvicorn re-raises the Ctrl-C / SIGTERM it handled; shutting down is what was asked
 
 
 def publish(producer: IntegrationEventProducer, events: Iterable[dict], *, rate: float | None = None,

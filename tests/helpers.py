@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
+
+
+def require_system_tool(path: str, package: str) -> Path:
+    """A Debian tool a test drives for real; skipped without it locally, a failure under CI (which installs it)."""
+    tool = Path(path)
+    if not tool.exists():
+        reason = f"{path} is missing (apt-get install {package}; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # a skip in CI would hide a broken install step
+        pytest.skip(reason)
+    return tool
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, check: Callable[[], None] = lambda: None) -> None:

@@ -13,7 +13,6 @@ Playwright drives that browser through ``executable_path``; it downloads nothing
 from __future__ import annotations
 
 import csv
-import os
 import re
 import socket
 import threading
@@ -26,6 +25,8 @@ from uuid import uuid4
 import pytest
 import uvicorn
 from fastapi import FastAPI
+
+from helpers import require_system_tool
 
 from ievents.producers.simulator import simulate_events_with_truth
 from ievents.query import create_app
@@ -126,11 +127,7 @@ def server(clickhouse, data) -> Iterator[str]:
 
 @pytest.fixture
 def browser():
-    if not CHROMIUM.exists():
-        reason = f"no browser: {CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)  # CI installs it: a skip there would hide a broken install step
-        pytest.skip(reason)
+    require_system_tool(str(CHROMIUM), "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
