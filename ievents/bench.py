@@ -25,8 +25,11 @@ from ievents.settings import Settings
 
 
 def count_output(bootstrap: str, topic: str, partitions: int, expected: int, timeout: float,
-                 on_progress: Callable[[int], None]) -> tuple[int, float | None, float | None]:
-    """Messages seen on ``topic`` (read by assign, no group), with the times of the first and the last."""
+                 on_progress: Callable[[int], None], keep: list[bytes] | None = None) -> tuple[int, float | None, float | None]:
+    """Messages seen on ``topic`` (read by assign, no group), with the times of the first and the last.
+
+    ``keep``, when given, receives every message's value.
+    """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 50})
     consumer.assign([TopicPartition(topic, partition, 0) for partition in range(partitions)])
@@ -40,13 +43,15 @@ def count_output(bootstrap: str, topic: str, partitions: int, expected: int, tim
                 first = first or now
                 last = now
                 seen += len(batch)
+                if keep is not None:
+                    keep.extend(message.value() for message in batch)
                 on_progress(seen)
     finally:
         consumer.close()
     return seen, first, last
 
 
-def _run_worker(settings: Settings, passthrough: bool, events: int, timeout: float,
+def time_stream_worker(settings: Settings, passthrough: bool, events: int, timeout: float,
                 on_progress: Callable[[str, int], None]) -> dict[str, Any]:
     label = "passthrough" if passthrough else "stream"
     worker = start_stream_worker(settings, settings.data_dir / f"bench-{label}.log", passthrough=passthrough)
@@ -87,7 +92,7 @@ def bench_stream(events: int, *, timeout: float = 600, on_progress: Callable[[st
                 producer.produce(settings_for_run.topic_raw, key=key, value=value)
                 producer.poll(0)
             producer.flush(60)
-            results["passthrough" if passthrough else "stream"] = _run_worker(
+            results["passthrough" if passthrough else "stream"] = time_stream_worker(
                 settings_for_run, passthrough, events, timeout, on_progress)
         stream_rate = results["stream"].get("events_per_second")
         baseline_rate = results["passthrough"].get("events_per_second")
@@ -98,7 +103,7 @@ def bench_stream(events: int, *, timeout: float = 600, on_progress: Callable[[st
             broker.stop()
 
 
-def _run_sink_until(sink, rows: int, timeout: float, on_progress: Callable[[str, int], None]) -> tuple[int, int, float | None]:
+def time_sink(sink, rows: int, timeout: float, on_progress: Callable[[str, int], None]) -> tuple[int, int, float | None]:
     """Run the sink as in production (``run()``) until ``rows`` are inserted.
 
     Returns rows inserted, rows in the first insert (not timed: it includes the
@@ -182,7 +187,7 @@ def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
         direct_seconds = time.perf_counter() - started
 
         migrate(connect(bench_settings.clickhouse_dsn, bench_settings.clickhouse_database))
-        stored, first_insert_rows, sink_seconds = _run_sink_until(build_sink(bench_settings), rows, timeout, on_progress)
+        stored, first_insert_rows, sink_seconds = time_sink(build_sink(bench_settings), rows, timeout, on_progress)
         sink_rate = (stored - first_insert_rows) / sink_seconds if sink_seconds else None
         direct_rate = rows / direct_seconds
         return {

@@ -271,6 +271,36 @@ def bench_sink_command(
     _run_bench("bench sink", rows, as_json, lambda progress: bench_sink(rows, on_progress=progress))
 
 
+@bench_app.command("e2e")
+def bench_e2e_command(
+    events: Annotated[int, typer.Option(help="Events published at full speed through each pipeline.")] = 500_000,
+    workers: Annotated[str, typer.Option(help="Stream worker counts to measure, comma-separated.")] = "1,2",
+    rate: Annotated[float, typer.Option(help="Events/s of the fixed-rate (delay) phase.")] = 3_000,
+    rate_seconds: Annotated[float, typer.Option(help="Length of the fixed-rate phase; 0 skips it.")] = 60,
+    chart: Annotated[Optional[Path], typer.Option(help="Also draw throughput and delay into this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The whole pipeline: end-to-end and per-stage throughput, delay at a fixed rate, memory, against ceilings."""
+    from ievents.bench_e2e import bench_e2e, summary
+    from ievents.bench_e2e import chart as draw_chart
+
+    try:
+        counts = tuple(int(count) for count in workers.split(","))
+    except ValueError:
+        raise fail(f"--workers takes comma-separated numbers such as 1,2 (got {workers!r})") from None
+    with progress_bar("bench", events) as progress:
+        task = progress.add_task("preparing", total=events)
+        report = bench_e2e(events, workers=counts, rate=rate, rate_seconds=rate_seconds,
+                           on_progress=lambda stage, done: progress.update(task, description=stage, completed=done))
+    if chart:
+        draw_chart(report, chart)
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        for line in summary(report):
+            console.print(line)
+
+
 @bench_app.command("query")
 def bench_query_command(
     rows: Annotated[int, typer.Option(help="Stored events to query (simulated, then copied inside ClickHouse).")] = 1_000_000,

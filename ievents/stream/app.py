@@ -18,6 +18,9 @@ gauge is the whole truth, not a share.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from collections import Counter as Tally
 from datetime import datetime, timedelta, timezone
@@ -208,13 +211,33 @@ def create_passthrough_app(settings: Settings) -> faust.App:
     return app
 
 
+# A graceful stop (finish the batch, commit) that takes longer than this is abandoned: exit code 3.
+SHUTDOWN_GRACE_SECONDS = 30.0
+EXIT_SHUTDOWN_TIMEOUT = 3
+
+
 def run_worker(settings: Settings, passthrough: bool = False) -> None:
-    """Run a stream worker in the foreground until SIGINT/SIGTERM (which stop it gracefully)."""
+    """Run a stream worker in the foreground until SIGINT/SIGTERM (which stop it gracefully, within a bound)."""
     import uvloop
     from faust.worker import Worker
+
+    class BoundedStopWorker(Worker):
+        """Faust's worker, but a stop that hangs (the broker is gone, so the final commit never returns) ends
+        the process after ``SHUTDOWN_GRACE_SECONDS`` instead of leaving it running forever; nothing is lost,
+        the uncommitted batch is simply consumed again by the next worker."""
+
+        def _schedule_shutdown(self, signal_received) -> None:
+            super()._schedule_shutdown(signal_received)
+            timer = threading.Timer(SHUTDOWN_GRACE_SECONDS, abandon_stop)
+            timer.daemon = True
+            timer.start()
+
+    def abandon_stop() -> None:
+        print(f"stream worker: graceful stop took over {SHUTDOWN_GRACE_SECONDS:.0f} s, exiting", file=sys.stderr, flush=True)
+        os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     if not settings.kafka_bootstrap:
         raise SystemExit("Set IEVENTS_KAFKA_BOOTSTRAP to the Kafka address the stream worker should consume from.")
     uvloop.install()
     app = create_passthrough_app(settings) if passthrough else create_app(settings)
-    Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    BoundedStopWorker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
