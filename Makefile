@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install run test test-all demo clean
+.PHONY: install run test test-all demo bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test-all: install     ## also the long fault and load suites
 
 demo: install
 	$(BIN)/ievents demo --events 20000 --json
+
+bench: install        ## the end-to-end benchmark behind docs/performance.md (about 10 minutes)
+	$(BIN)/ievents bench e2e --events 500000 --workers 1,2 --rate 3000 --rate-seconds 60 \
+	    --chart docs/performance.png --json > docs/performance.json
 
 clean:
 	rm -rf $(VENV) data

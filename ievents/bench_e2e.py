@@ -223,7 +223,7 @@ def full_speed(base: Settings, root: Path, workers: int, payloads: list[tuple[by
         produce(base.kafka_bootstrap, pipeline.settings.topic_raw, warm_up)  # group joins happen here, untimed
         pipeline.wait_stored(len(warm_up), timeout, on_progress, f"warm-up ({workers} workers)")
         baseline = pipeline.stage_counts()
-        with Sampler(lambda: tuple(now - before for now, before in zip(pipeline.stage_counts(), baseline)), 0.25) as sampler:
+        with Sampler(lambda: tuple(now - before for now, before in zip(pipeline.stage_counts(), baseline)), 1.0) as sampler:
             started = time.monotonic()
             publish_seconds = produce(base.kafka_bootstrap, pipeline.settings.topic_raw, payloads)
             finished = pipeline.wait_stored(len(warm_up) + events, timeout, on_progress, f"pipeline ({workers} workers)")

@@ -123,6 +123,29 @@ def test_bench_sink_reports_the_sink_and_its_storage_baseline(cli_env):
     assert result["ratio"] == round(result["sink_rows_per_second"] / result["direct_insert_rows_per_second"], 3)
 
 
+def test_bench_e2e_reports_every_stage_its_ceiling_and_the_delay(cli_env, tmp_path):
+    chart = tmp_path / "e2e.png"
+    result = json.loads(ievents(
+        cli_env, "bench", "e2e", "--events", "4000", "--workers", "1", "--rate", "500", "--rate-seconds", "4",
+        "--chart", str(chart), "--json", timeout=600).stdout)
+    run = result["full_speed"][0]
+    assert result["events"] == 4000 and run["workers"] == 1
+    for rate in (run["end_to_end_events_per_second"], run["producer_events_per_second"],
+                 result["kafka_ceiling"]["produce_per_second"], result["faust_passthrough_events_per_second"],
+                 result["storage"]["direct_insert_rows_per_second"]):
+        assert rate > 0
+    # The end-to-end rate is bounded by every stage on the way.
+    assert run["end_to_end_events_per_second"] <= run["producer_events_per_second"]
+    assert set(run["peak_memory_mib"]) == {"stream-0", "serve"} and all(v > 10 for v in run["peak_memory_mib"].values())
+    assert 20 < run["clickhouse_bytes_per_event"] < 2000
+    fixed = result["fixed_rate"]
+    assert fixed["events"] == fixed["events_measured"] == 2000  # every paced event stored and measured
+    assert 0 <= fixed["delay_ms"]["p50"] <= fixed["delay_ms"]["p99"] <= fixed["delay_ms"]["max"]
+    assert result["ratios"]["end_to_end_vs_faust_passthrough"] == round(
+        run["end_to_end_events_per_second"] / result["faust_passthrough_events_per_second"], 3)
+    assert chart.stat().st_size > 10_000 and chart.read_bytes()[:4] == b"\x89PNG"
+
+
 # --- the events commands on a data folder (nothing running: the CLI opens the folder itself) ---------------
 
 SEED = """
