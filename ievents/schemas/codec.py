@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import uuid
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ import fastavro
 SCHEMA_DIR = Path(__file__).parent
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 RAW = "raw"
 ENRICHED = "enriched"
@@ -42,6 +45,16 @@ class UnknownSchemaId(SchemaError):
 
 class InvalidAvro(SchemaError):
     reason = "invalid_avro"
+
+
+class InvalidValue(SchemaError):
+    """Well-formed Avro whose value cannot be what its logical type says: an empty uuid, a timestamp no
+    calendar holds. ``reason`` is the check it fails (``missing_field``, ``invalid_timestamp``), the same
+    words the stream's own validation uses."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidRecord(SchemaError):
@@ -176,10 +189,49 @@ class AvroCodec:
         try:
             record = fastavro.schemaless_reader(payload, writer_schema, reader_schema)
         except Exception as exc:  # fastavro raises many types on corrupt input
-            raise InvalidAvro(f"cannot decode Avro body with schema id {schema_id}: {exc!r}") from exc
+            raise self._undecodable(data, schema_id, exc) from exc
         if payload.tell() != len(data):
             raise InvalidAvro(f"{len(data) - payload.tell()} trailing bytes after the Avro record")
         return record
+
+    def _undecodable(self, data: bytes, schema_id: int, exc: Exception) -> SchemaError:
+        """Why a body did not decode: a value its logical type cannot hold (an empty event_id, a timestamp past
+        the year 9999) when the same bytes read fine without logical types; otherwise invalid Avro.
+
+        The bytes only carry a string and a long: a producer that skipped its logical types can send any, and
+        such an event deserves the reason the stream gives the same mistake in range (``missing_field``,
+        ``invalid_timestamp``), not "invalid Avro".
+        """
+        invalid = InvalidAvro(f"cannot decode Avro body with schema id {schema_id}: {exc!r}")
+        if not self._logical_types or not isinstance(exc, (ValueError, OverflowError)) or isinstance(
+                exc, UnicodeDecodeError):
+            return invalid
+        schema = self._source.schema(schema_id)
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(body, fastavro.parse_schema(without_logical_types(schema)), None)
+        except Exception:  # not even the plain layout reads: the bytes are at fault
+            return invalid
+        if body.tell() != len(data) or not isinstance(record, dict):
+            return invalid
+        for field in schema.get("fields", ()):
+            logical = field["type"].get("logicalType") if isinstance(field["type"], dict) else None
+            name, value = field["name"], record.get(field["name"])
+            if logical == "uuid" and isinstance(value, str):
+                if not value.strip():
+                    return InvalidValue("missing_field", f"{name} is empty")
+                try:
+                    uuid.UUID(value)
+                except ValueError:
+                    return InvalidAvro(f"{name} {value[:100]!r} is not a UUID")
+            elif logical == "timestamp-millis" and isinstance(value, int):
+                try:
+                    _EPOCH + timedelta(milliseconds=value)
+                except OverflowError:
+                    return InvalidValue(
+                        "invalid_timestamp", f"{name} {value} ms since 1970 is outside the years 1 to 9999")
+        return invalid
 
 
 def schema_source(registry_url: str, subjects: dict[str, str]) -> SchemaSource:

@@ -48,14 +48,23 @@ def integration_catalog(path: Path = RULES_DIR / "integrations.json") -> dict[st
     return {key: CatalogEntry(**entry) for key, entry in json.loads(path.read_text())["integrations"].items()}
 
 
-def validate(raw: dict[str, Any], *, now: datetime, max_future: timedelta) -> Rejected | None:
-    """Checks the Avro schema cannot express: blank identifiers and impossible timestamps."""
+def validate(
+    raw: dict[str, Any], *, now: datetime, max_future: timedelta, max_age: timedelta | None = None,
+) -> Rejected | None:
+    """Checks the Avro schema cannot express: blank identifiers and impossible timestamps.
+
+    ``max_age`` is the storage's retention: an event older than that would be dropped by the table's TTL as it
+    arrives, neither stored nor dead-lettered, so it is rejected here, where it is counted and kept.
+    """
     for field, value in (("account_id", raw["account_id"]), ("integration.id", raw["integration"]["id"])):
         if not value.strip():
             return Rejected("missing_field", f"{field} is empty")
     occurred_at = raw["occurred_at"]
     if occurred_at < EARLIEST_EVENT:
         return Rejected("invalid_timestamp", f"occurred_at {occurred_at.isoformat()} is before 2000")
+    if max_age is not None and occurred_at < now - max_age:
+        return Rejected(
+            "invalid_timestamp", f"occurred_at {occurred_at.isoformat()} is older than the retention of {max_age.days} days")
     if occurred_at > now + max_future:
         return Rejected("invalid_timestamp", f"occurred_at {occurred_at.isoformat()} is more than {max_future} ahead")
     return None

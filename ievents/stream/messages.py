@@ -154,6 +154,15 @@ def _python_exception_line(lines: list[str]) -> str | None:
     return None
 
 
+def _encodable(text: str) -> bool:
+    """False when ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` parses to one), which UTF-8 cannot carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def first_meaningful_line(message: str) -> str:
     """The line of a (possibly multi-line) message that says what went wrong, whitespace collapsed.
 
@@ -166,9 +175,11 @@ def first_meaningful_line(message: str) -> str:
     text = message.strip()
     if text[:1] in "{[":
         try:
-            return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
-        except ValueError:
+            compact = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: read it as text
             pass
+        else:
+            return compact if _encodable(compact) else json.dumps(json.loads(text), separators=(",", ":"))
     if "\n" not in text and "\r" not in text:
         return " ".join(text.split())
     lines = text.splitlines()

@@ -16,9 +16,11 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
+# "pass" and "auth" only as a whole word: a lower-case letter after them ("passenger", "author") is another
+# word, anything else ("password2", "password_confirmation", "passwordHash", "authHeader") still names a secret.
 _SECRET_KEY_WORDS = (
-    r"pass(word|wd|phrase)?$|secret|token|api[_\-. ]?key|apikey|auth(orization)?$|cookie|session[_\-. ]?id"
-    r"|credential|private[_\-. ]?key|signature|cvv|cvc|card[_\-. ]?number|^pan$"
+    r"pass(word|wd|phrase)?(?-i:(?![a-z]))|pwd|secret|token|api[_\-. ]?key|apikey|auth(orization)?(?-i:(?![a-z]))"
+    r"|cookie|session[_\-. ]?id|credential|private[_\-. ]?key|signature|cvv|cvc|card[_\-. ]?number|^pan$"
 )
 _SECRET_KEY = re.compile(_SECRET_KEY_WORDS, re.IGNORECASE)
 _BEARER = re.compile(r"\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE)
@@ -28,7 +30,19 @@ _CARD_CANDIDATE = re.compile(r"\d[\d -]{11,}\d")
 _MAYBE_SECRET_VALUE = re.compile(r"(?:bearer|basic)\s|\d[\d -]{11}", re.IGNORECASE)
 # Substrings one of which every secret key name contains, searched in lower-cased text: far cheaper than
 # a case-insensitive regex or json.loads over every event's details.
-_SECRET_KEY_HINTS = re.compile("pass|secret|token|key|auth|cookie|session|credential|signature|cvv|cvc|card|pan")
+_SECRET_KEY_HINTS = re.compile("pass|pwd|secret|token|key|auth|cookie|session|credential|signature|cvv|cvc|card|pan")
+# A name and its value inside text that is not a JSON object we can walk: a URL's or form body's
+# ``api_key=...``, a header line's ``X-Api-Key: ...``, a Python dict's ``'password': '...'``, JSON cut short or
+# too odd to parse. The value is masked when the name is a secret's (``is_secret_key``).
+_PAIR = re.compile(
+    r"""(?<![\w.\-])(?P<key>[A-Za-z_][\w.\-]{0,63})(?P<sep>["']?\s*(?:=|:(?!//))\s*)"""
+    r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s&,;"'<>(){}\[\]]+)"""
+)
+# Where a secret's name may be followed by "=" or ":" (the cheap test before _PAIR runs).
+_MAYBE_SECRET_PAIR = re.compile(
+    r"(?:pass|pwd|secret|token|key|auth|cookie|session|credential|signature|cvv|cvc|card|pan)[\w.\-]*[\"']?\s*[=:]",
+    re.IGNORECASE,
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -47,12 +61,25 @@ def _mask_card(match: re.Match) -> str:
     return REDACTED if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
 
 
+def _mask_pair(match: re.Match) -> str:
+    value = match.group("value")
+    if not is_secret_key(match.group("key")) or value.strip("\"'") in ("", REDACTED):
+        return match.group()
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group('key')}{match.group('sep')}{quote}{REDACTED}{quote}"
+
+
 def redact_text(text: str) -> str:
-    """``text`` with bearer/basic credentials and Luhn-valid card numbers masked."""
-    if not text or not _MAYBE_SECRET_VALUE.search(text):
+    """``text`` with bearer/basic credentials, Luhn-valid card numbers and ``<secret name>=<value>`` /
+    ``<secret name>: <value>`` pairs masked."""
+    if not text:
         return text
-    masked = _BEARER.sub(REDACTED, text)
-    return _CARD_CANDIDATE.sub(_mask_card, masked)
+    masked = text
+    if _MAYBE_SECRET_VALUE.search(text):
+        masked = _CARD_CANDIDATE.sub(_mask_card, _BEARER.sub(REDACTED, text))
+    if ("=" in masked or ":" in masked) and _MAYBE_SECRET_PAIR.search(masked):
+        masked = _PAIR.sub(_mask_pair, masked)
+    return masked
 
 
 @lru_cache(maxsize=4096)
@@ -101,14 +128,27 @@ def redact_details(details: str | None) -> tuple[str | None, list[str]]:
     """Details (free JSON, or free text) with secrets masked, and the paths (``details.x.y``) masked."""
     if not details or not _maybe_secret_details(details):
         return details, []
+    redacted: list[str] = []
     try:
         parsed = json.loads(details)
+    except RecursionError:
+        # Nested deeper than can be walked: a secret could sit anywhere in it, so none of it is kept.
+        return REDACTED, ["details"]
     except ValueError:
         masked = redact_text(details)
         return masked, (["details"] if masked != details else [])
-    redacted: list[str] = []
-    cleaned = _redact_json(parsed, "details", redacted)
-    return (json.dumps(cleaned, ensure_ascii=False), redacted) if redacted else (details, [])
+    try:
+        cleaned = _redact_json(parsed, "details", redacted)
+        if not redacted:
+            return details, []
+        text = json.dumps(cleaned, ensure_ascii=False)
+    except RecursionError:
+        return REDACTED, ["details"]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON) cannot be UTF-8: keep it escaped
+        text = json.dumps(cleaned)
+    return text, redacted
 
 
 def redact(parameters: dict[str, str], details: str | None) -> tuple[dict[str, str], str | None, list[str]]:
