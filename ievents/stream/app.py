@@ -111,14 +111,20 @@ def base_app(settings: Settings, app_id: str | None = None) -> faust.App:
     )
 
 
-async def send_bytes(app: faust.App, topic: str, key: bytes | None, value: bytes, headers=None) -> asyncio.Future:
-    """Hand bytes to the producer; returns the delivery future (awaited before the batch is acknowledged).
+async def send_bytes(app: faust.App, topic: str, source: faust.types.Message, value: bytes,
+                     key: bytes | None = None, headers=None) -> asyncio.Future:
+    """Hand bytes to the producer, to the partition number ``source`` was read from; returns the delivery future.
 
-    Straight to Faust's producer rather than ``Topic.send``: the topic layer's
-    per-message bookkeeping (message futures, sensors, callbacks) cost about a
-    tenth of a loaded worker's time (py-spy) and none of it is used here.
+    Same partition number: an account's events (keyed by account) stay on one
+    partition and in order from topic to topic, with no re-hashing of the key
+    (aiokafka's partitioner is pure Python); the pipeline's topics all have
+    ``IEVENTS_TOPIC_PARTITIONS`` partitions. Straight to Faust's producer rather
+    than ``Topic.send``: the topic layer's per-message bookkeeping (message
+    futures, sensors, callbacks) cost about a tenth of a loaded worker's time
+    (py-spy) and none of it is used here.
     """
-    return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+    return await app.producer.send(topic, source.key if key is None else key, value, partition=source.partition,
+                                   timestamp=None, headers=headers)
 
 
 def raw_bytes_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -160,13 +166,14 @@ def create_app(settings: Settings) -> faust.App:
                         message.value, outcome.reason, outcome.detail,
                         topic=message.topic, partition=message.partition, offset=message.offset,
                     )
-                    deliveries.append(await send_bytes(app, settings.topic_dlq, message.key, value, headers))
+                    deliveries.append(await send_bytes(app, settings.topic_dlq, message, value, headers=headers))
                     continue
                 value, enriched = outcome
                 integration = enriched["integration"]
                 tally[integration["id"], integration["name"], enriched["type"], enriched["status"]] += 1
                 EVENT_DELAY.observe((processed_at - enriched["occurred_at"]).total_seconds())
-                deliveries.append(await send_bytes(app, settings.topic_enriched, enriched["account_id"].encode(), value))
+                deliveries.append(await send_bytes(app, settings.topic_enriched, message, value,
+                                                   key=enriched["account_id"].encode()))
             by_status: Tally[tuple[str, str]] = Tally()
             for (integration, name, canonical_type, status), count in tally.items():
                 EVENTS.labels(integration, name, canonical_type, status).inc(count)
@@ -213,7 +220,7 @@ def create_passthrough_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic)
     async def forward(stream):
         async for events in stream.take_events(settings.stream_batch_size, within=settings.stream_batch_seconds):
-            deliveries = [await send_bytes(app, settings.topic_enriched, e.message.key, e.message.value) for e in events]
+            deliveries = [await send_bytes(app, settings.topic_enriched, e.message, e.message.value) for e in events]
             await asyncio.gather(*deliveries)
 
     return app
