@@ -53,6 +53,8 @@ Progress = Callable[[str, int], None]
 PRODUCER_CONFIG = {"enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
                    "queue.buffering.max.messages": 1_000_000}
 WARM_UP_EVENTS = 2_000
+# How often the stage counters are read (each read is a /metrics scrape the workers pay for).
+SAMPLE_SECONDS = 1.0
 
 
 def machine() -> dict[str, Any]:
@@ -223,11 +225,11 @@ def full_speed(base: Settings, root: Path, workers: int, payloads: list[tuple[by
         produce(base.kafka_bootstrap, pipeline.settings.topic_raw, warm_up)  # group joins happen here, untimed
         pipeline.wait_stored(len(warm_up), timeout, on_progress, f"warm-up ({workers} workers)")
         baseline = pipeline.stage_counts()
-        with Sampler(lambda: tuple(now - before for now, before in zip(pipeline.stage_counts(), baseline)), 1.0) as sampler:
+        with Sampler(lambda: tuple(now - before for now, before in zip(pipeline.stage_counts(), baseline)), SAMPLE_SECONDS) as sampler:
             started = time.monotonic()
             publish_seconds = produce(base.kafka_bootstrap, pipeline.settings.topic_raw, payloads)
             finished = pipeline.wait_stored(len(warm_up) + events, timeout, on_progress, f"pipeline ({workers} workers)")
-            time.sleep(0.5)  # one more sample past the end
+            time.sleep(SAMPLE_SECONDS * 1.5)  # one more sample past the end
         result = {
             "workers": workers,
             "end_to_end_events_per_second": round(events / (finished - started), 1),
