@@ -50,6 +50,8 @@ from ievents.query.web import KEY_COOKIE, STATIC_DIR, create_web_router
 
 CSV_FILENAME = "integration-events.csv"
 RELATED_LIMIT = 10
+# The largest request body accepted (a SQL statement, the login form): more is refused with 413 before it is read.
+MAX_BODY_BYTES = 1 << 20
 
 # Module-level: the default registry accepts a metric name once per process,
 # however many apps (tests, the embedded stack) are created in it.
@@ -113,6 +115,44 @@ class SharedClient:
         return self._client
 
 
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with 413, by its Content-Length before a byte of it is read, or
+    (a chunked body) as soon as it grows past the limit.
+
+    FastAPI reads and parses a body before a route's dependencies run, the key check included: without this,
+    anyone could make the API hold and parse a body of any size.
+    """
+
+    def __init__(self, app: Callable, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than {self.limit} bytes."
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})
+
+
 class SqlRequest(BaseModel):
     """One read-only statement for ``POST /api/v1/sql``."""
 
@@ -131,6 +171,7 @@ def create_app(
     shared = SharedClient(client_factory)
     keys = KeyRing(operator_key, api_keys)
     app = FastAPI(title="ievents: Integration Events log", version="1")
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     bearer = HTTPBearer(auto_error=False, description="An API key, or the operator key (IEVENTS_OPERATOR_KEY).")
 
     # Defaults, not Annotated hints: with postponed annotations FastAPI could not see the local ``bearer``.

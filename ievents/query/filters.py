@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 Status = Literal["info", "success", "failure"]
 Direction = Literal["none", "pull", "push"]
@@ -86,6 +86,24 @@ EVENT_COLUMNS: tuple[str, ...] = (
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 _TIMESTAMP = "DateTime64(3, 'UTC')"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# What a DateTime64 column holds: a time outside it cannot be bound as a parameter (year 1 is sent as "1-01-01"
+# and refused), and bucket arithmetic near the ends of datetime's range overflows.
+EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)
+
+
+def _in_storable_range(moment: datetime) -> datetime:
+    """``moment`` in UTC, or a ``ValueError`` (a 422 with this message) when no event can be that early or late."""
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:  # an offset that pushes year 1 or 9999 out of range
+        utc = None
+    if utc is None or not EARLIEST_TIME <= utc <= LATEST_TIME:
+        raise ValueError(f"must be between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} (UTC)")
+    return moment
+
+
+StorableTime = Annotated[AwareDatetime, AfterValidator(_in_storable_range)]
 
 # One row per filter field: the condition it adds when set. The parameter is
 # named after the field, so the field's value is bound as-is.
@@ -141,8 +159,8 @@ class EventFilter(BaseModel):
     status: Status | None = None
     type: str | None = None
     direction: Direction | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: StorableTime | None = None
+    until: StorableTime | None = None
     search: Annotated[str, Field(max_length=MAX_SEARCH_LENGTH)] | None = None
     error_category: str | None = None
     fingerprint: str | None = None
@@ -177,7 +195,7 @@ class Cursor(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    occurred_at: AwareDatetime
+    occurred_at: StorableTime
     event_id: UUID
 
 

@@ -38,7 +38,7 @@ from ievents.query.events import (
     list_events,
     related_events,
 )
-from ievents.query.filters import EventFilter, InvalidFilter
+from ievents.query.filters import EventFilter, InvalidFilter, decode_cursor
 
 if TYPE_CHECKING:  # api.py includes this router: importing it here at run time would be circular
     from ievents.query.api import SharedClient
@@ -218,7 +218,10 @@ def filter_from_params(params: Mapping[str, str], caller: Caller, *, paged: bool
         if params.get("cursor"):
             values["cursor"] = params["cursor"]
     try:
-        return EventFilter.model_validate(values)
+        flt = EventFilter.model_validate(values)
+        if flt.cursor is not None:
+            decode_cursor(flt.cursor)  # a mangled link is shown as the form's error, not as the JSON API's 422
+        return flt
     except ValidationError as exc:
         raise BadFilter("; ".join(_readable(error) for error in exc.errors())) from None
     except InvalidFilter as exc:

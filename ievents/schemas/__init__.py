@@ -16,7 +16,7 @@ from ievents.schemas.codec import (
     schema_source,
 )
 from ievents.schemas.dead_letter import REASON_HEADER as DLQ_REASON_HEADER
-from ievents.schemas.dead_letter import dead_letter
+from ievents.schemas.dead_letter import dead_letter, dead_letter_record
 
 __all__ = [
     "DLQ_REASON_HEADER",
@@ -33,5 +33,6 @@ __all__ = [
     "SchemaSource",
     "UnknownSchemaId",
     "dead_letter",
+    "dead_letter_record",
     "schema_source",
 ]
