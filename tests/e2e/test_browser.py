@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import csv
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from helpers import require_system_tool
+from helpers import require_system_tool, serve_in_thread
 
 from ievents.producers.simulator import simulate_events_with_truth
 from ievents.query import create_app
@@ -105,24 +101,8 @@ def data(clickhouse):
 @pytest.fixture
 def server(clickhouse, data) -> Iterator[str]:
     """uvicorn serving the app on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(web_app(clickhouse), log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_in_thread(web_app(clickhouse)) as base_url:
+        yield base_url
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import fresh_database
-from ievents.query import create_app
 from ievents.query.web import FILTER_FIELDS, KEY_COOKIE
-from two_accounts import OPERATOR_KEY, World, every_route, store_two_accounts
+from two_accounts import OPERATOR_KEY, World, app, every_route, world  # noqa: F401 - app, world: shared fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +58,6 @@ WEB_PARAMETERS: dict[tuple[str, str], tuple[str, ...]] = {
 # Routes with nothing a user types (or only the operator's own SQL, tried apart below).
 NO_PARAMETERS = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
                  ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("MOUNT", "/static")}
-
-
-@pytest.fixture(scope="module")
-def world(clickhouse_dsn) -> World:
-    with fresh_database(clickhouse_dsn) as client:
-        yield store_two_accounts(client)
-
-
-@pytest.fixture(scope="module")
-def app(world):
-    return create_app(lambda: world.client, operator_key=OPERATOR_KEY, api_keys=world.api_keys)
 
 
 @pytest.fixture(scope="module")

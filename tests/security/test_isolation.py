@@ -21,23 +21,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import fresh_database
-from ievents.query import create_app
 from ievents.query.web import KEY_COOKIE
-from two_accounts import NOW, OPERATOR_KEY, Account, World, every_route, serve, store_two_accounts
+from two_accounts import Account, NOW, OPERATOR_KEY, World, app, every_route, world  # noqa: F401 - app, world: shared fixtures
+from helpers import serve_in_thread
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def world(clickhouse_dsn) -> World:
-    with fresh_database(clickhouse_dsn) as client:
-        yield store_two_accounts(client)
-
-
-@pytest.fixture(scope="module")
-def app(world):
-    return create_app(lambda: world.client, operator_key=OPERATOR_KEY, api_keys=world.api_keys)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +272,7 @@ def cli(base_url: str, key: str, tmp_path, *args: str) -> subprocess.CompletedPr
 
 def test_the_cli_in_api_mode_shows_only_the_keys_account(app, world, tmp_path):
     viewer, other = world.a, world.b
-    with serve(app) as base_url:
+    with serve_in_thread(app) as base_url:
         def run(*args: str, ok: bool = True) -> str:
             result = cli(base_url, viewer.key, tmp_path, *args)
             sent = " ".join(args)

@@ -26,7 +26,8 @@ from conftest import fresh_database
 from ievents.query import create_app
 from ievents.query.access import KeyRing
 from ievents.query.web import KEY_COOKIE
-from two_accounts import OPERATOR_KEY, World, serve, store_two_accounts
+from two_accounts import OPERATOR_KEY, World, store_two_accounts
+from helpers import serve_in_thread
 
 QUERY_PACKAGE = Path(ievents.query.__file__).parent
 
@@ -130,8 +131,8 @@ def test_keys_never_appear_in_logs_output_or_answers(world, caplog, capfd, tmp_p
     caplog.set_level(logging.DEBUG)  # every logger, every level: uvicorn's access log included
     answers = []
     # log_config=None: uvicorn's loggers propagate to the root logger, where caplog listens.
-    with serve(app, log_config=None, log_level="debug", access_log=True) as base_url, \
-            serve(broken, log_config=None, log_level="debug", access_log=True) as broken_url, \
+    with serve_in_thread(app, log_config=None, log_level="debug", access_log=True) as base_url, \
+            serve_in_thread(broken, log_config=None, log_level="debug", access_log=True) as broken_url, \
             httpx.Client(timeout=60) as http:
         for key in keys:
             for headers, cookies in [({"Authorization": f"Bearer {key}"}, None), ({"X-API-Key": key}, None),

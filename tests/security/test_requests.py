@@ -14,27 +14,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import fresh_database
-from ievents.query import create_app
 from ievents.query.api import MAX_BODY_BYTES
 from ievents.query.web import KEY_COOKIE
-from two_accounts import OPERATOR_KEY, World, serve, store_two_accounts
+from two_accounts import OPERATOR_KEY, app, world  # noqa: F401 - app, world: shared fixtures
+from helpers import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
 ROUTES_WITH_FILTERS = ("/api/v1/events", "/api/v1/events.csv", "/api/v1/events/count", "/api/v1/errors",
                        "/api/v1/stats/failure-rate")
-
-
-@pytest.fixture(scope="module")
-def world(clickhouse_dsn) -> World:
-    with fresh_database(clickhouse_dsn) as client:
-        yield store_two_accounts(client)
-
-
-@pytest.fixture(scope="module")
-def app(world):
-    return create_app(lambda: world.client, operator_key=OPERATOR_KEY, api_keys=world.api_keys)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +168,7 @@ def raw_request(base_url: str, method: str, path: str, headers: dict[str, str] |
 
 def test_oversized_requests_on_a_real_server(app, world):
     auth = {"Authorization": f"Bearer {world.a.key}"}
-    with serve(app) as base_url:
+    with serve_in_thread(app) as base_url:
         # What a request line can carry reaches the app, which answers.
         status, _ = raw_request(base_url, "GET", "/api/v1/events?type=" + "x" * 60_000, auth)
         assert status == 200

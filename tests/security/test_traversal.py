@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from conftest import fresh_database
 from ievents.query import create_app
 from ievents.query.web import STATIC_DIR
-from two_accounts import OPERATOR_KEY, serve, store_two_accounts
+from two_accounts import OPERATOR_KEY, store_two_accounts
+from helpers import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ def test_climbing_out_of_static_in_process(app, path):
 
 
 def test_climbing_out_of_static_on_a_real_server(app):
-    with serve(app) as base_url:
+    with serve_in_thread(app) as base_url:
         assert raw_get(base_url, "/static/ievents.css")[0] == 200
         for path in CLIMBS:
             assert_nothing_served(path, *raw_get(base_url, path))

@@ -11,19 +11,17 @@ in whatever A gets back.
 from __future__ import annotations
 
 import secrets
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-import uvicorn
+import pytest
+from conftest import fresh_database
 from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
+from ievents.query import create_app
 from ievents.schemas import ENRICHED, RAW, AvroCodec, LocalSchemaCatalog
 from ievents.sink.sink import COLUMNS, TABLE, to_row
 from ievents.stream.enrich import enrich
@@ -141,23 +139,14 @@ def every_route(app) -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
-@contextmanager
-def serve(app, **config) -> Iterator[str]:
-    """uvicorn serving ``app`` on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", **({"log_level": "warning"} | config)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+# Fixtures the security modules share (imported by name into each module, which is how pytest finds them).
+@pytest.fixture(scope="module")
+def world(clickhouse_dsn) -> Iterator[World]:
+    """Two accounts' events in a fresh database of the session's chDB folder."""
+    with fresh_database(clickhouse_dsn) as client:
+        yield store_two_accounts(client)
+
+
+@pytest.fixture(scope="module")
+def app(world):
+    return create_app(lambda: world.client, operator_key=OPERATOR_KEY, api_keys=world.api_keys)
