@@ -45,7 +45,15 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:``port`` now.
+
+    SO_REUSEADDR as servers set it (tansu, uvicorn, Kafka): connections of a
+    server that just stopped linger in TIME_WAIT for a minute and must not make
+    its port look taken, or a broker restarted on the same port would refuse to
+    start. A socket still listening there does make it taken.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

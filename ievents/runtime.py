@@ -144,6 +144,11 @@ class SinkService:
         self.client = connect(settings.clickhouse_dsn, settings.clickhouse_database)
         migrate(self.client, settings.retention_days)
         self._stop = threading.Event()
+        # Set by the sink thread when it has finished (last batch stored and committed). Waited on instead of
+        # Thread.join: a KeyboardInterrupt (Ctrl-C, or SIGTERM via sigterm_as_interrupt) raised inside
+        # Thread.join marks the thread as ended on CPython 3.11, so a later join returned at once and the
+        # process exited, killing the daemon thread before it committed its last batch (found by tests/faults).
+        self._done = threading.Event()
         self._sink = build_sink(settings)
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self.error: BaseException | None = None
@@ -154,6 +159,8 @@ class SinkService:
         except BaseException as exc:  # surfaced to the owner through check_alive()
             self.error = exc
             log.exception("sink stopped")
+        finally:
+            self._done.set()
 
     def __enter__(self) -> SinkService:
         self._thread.start()
@@ -165,13 +172,14 @@ class SinkService:
 
     def wait(self) -> None:
         """Block until the sink thread ends (Ctrl-C to stop it)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)
+        while not self._done.wait(0.5):
+            pass
         self.check_alive()
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join(60)
+        if not self._done.wait(60):
+            log.error("the sink did not finish within 60 s of the stop; its last batch is left uncommitted")
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter, Gauge, Histogram
 
 from ievents.metrics import LagReporter, consumer_lag
-from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter
+from ievents.schemas import ENRICHED, AvroCodec, SchemaError, SchemaSource, dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ DEAD_LETTERS = Counter("ievents_sink_dead_letters_total", "Messages the sink sen
 BATCH_ROWS = Histogram("ievents_sink_batch_rows", "Rows per insert", buckets=(1, 10, 100, 1000, 5000, 10000, 50000))
 INSERT_SECONDS = Histogram("ievents_sink_insert_duration_seconds", "Duration of one batch insert")
 PAUSED = Gauge("ievents_sink_paused", "1 while the consumer is paused because ClickHouse is failing")
+KAFKA_ERROR_LOG_SECONDS = 10.0
+KAFKA_ERRORS = Counter(
+    "ievents_sink_kafka_errors_total",
+    "Errors the sink's Kafka clients reported (broker unreachable, connection refused), by librdkafka error name",
+    ["error"],
+)
 EVENT_DELAY = Histogram(
     "ievents_sink_event_delay_seconds", "End-to-end delay per event: from occurred_at to stored (queryable) in ClickHouse",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
@@ -159,6 +165,7 @@ class ClickHouseSink:
         # Per assigned partition, the offset after the last stored-and-committed message (None: never committed).
         self._stored_positions: dict[tuple[str, int], int | None] = {}
         self._lag = LagReporter("sink")
+        self._kafka_error_logged: dict[str, float] = {}  # error name -> when it was last logged
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -168,8 +175,9 @@ class ClickHouseSink:
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 300_000,
             "fetch.wait.max.ms": 100,
+            "error_cb": self._kafka_error,
         })
-        self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "error_cb": self._kafka_error})
         self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     # --- consuming ------------------------------------------------------------------------------------
@@ -215,10 +223,25 @@ class ClickHouseSink:
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         DEAD_LETTERS.labels(reason).inc()
-        value, headers = dead_letter(
-            message.value(), reason, detail, topic=message.topic(), partition=message.partition(), offset=message.offset(),
+        key, value, headers = dead_letter_record(
+            message.key(), message.value(), reason, detail,
+            topic=message.topic(), partition=message.partition(), offset=message.offset(),
         )
-        self._dlq.produce(self._dlq_topic, key=message.key(), value=value, headers=headers)
+        self._dlq.produce(self._dlq_topic, key=key, value=value, headers=headers)
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        """A client-level Kafka error (the broker down, a refused connection): counted and logged, not silent.
+
+        librdkafka keeps reconnecting by itself; these make an outage visible
+        (the sink otherwise just sees no new messages). Every error is counted;
+        each kind is logged at most every ``KAFKA_ERROR_LOG_SECONDS`` (a broker
+        outage reports several a second).
+        """
+        KAFKA_ERRORS.labels(error.name()).inc()
+        now = time.monotonic()
+        if now - self._kafka_error_logged.get(error.name(), -KAFKA_ERROR_LOG_SECONDS) >= KAFKA_ERROR_LOG_SECONDS:
+            self._kafka_error_logged[error.name()] = now
+            log.warning("Kafka client error: %s", error.str())
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
