@@ -78,9 +78,18 @@ def test_every_alert_says_what_and_where_to_look(rule):
 # --- a real Prometheus --------------------------------------------------------------------------------
 
 
-def shortened(rules: str, window: str, hold: str) -> str:
-    """The rules with every 5-minute range and every ``for:`` shortened (the thresholds are per second, so they hold)."""
-    return re.sub(r"for: \d+m", f"for: {hold}", rules.replace("[5m]", f"[{window}]"))
+def shortened(rules: str, window_seconds: int, hold: str) -> str:
+    """The rules with every 5-minute range and every ``for:`` shortened.
+
+    Ratio thresholds hold as they are; the traffic floor (events/s) is raised by
+    the same factor the window shrinks, so it still asks for ~30 events in the
+    window: fewer, and a healthy integration's first few events could read as a
+    high failure ratio.
+    """
+    assert "ievents:integration_events:rate5m >= 0.1" in rules, "the traffic floor moved: update this test"
+    floor = 0.1 * 300 / window_seconds
+    rules = rules.replace("ievents:integration_events:rate5m >= 0.1", f"ievents:integration_events:rate5m >= {floor:g}")
+    return re.sub(r"for: \d+m", f"for: {hold}", rules.replace("[5m]", f"[{window_seconds}s]"))
 
 
 def prometheus_config(api_port: int, stream_port: int, rules: Path) -> dict:
@@ -118,7 +127,7 @@ def test_prometheus_fires_the_failure_rate_alert_for_the_failing_integration_onl
     )
     ensure_topics(broker.bootstrap, topic_partitions(settings))
     rules = tmp_path / "alerts.yml"
-    rules.write_text(shortened(RULES.read_text(), window="30s", hold="3s"))
+    rules.write_text(shortened(RULES.read_text(), window_seconds=30, hold="10s"))
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(api_port, stream_port, rules)))
 
