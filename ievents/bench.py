@@ -24,6 +24,40 @@ from ievents.schemas import RAW, AvroCodec
 from ievents.settings import Settings
 
 
+# Settings for loading a benchmark's input into Kafka (batching and compression like the SDK's producer).
+BENCH_PRODUCER_CONFIG = {"linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000}
+
+
+def produce_all(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]],
+                config: dict[str, Any] = BENCH_PRODUCER_CONFIG) -> float:
+    """Publish pre-encoded (key, value) pairs; seconds until all are acknowledged (raises if some are not)."""
+    producer = Producer({"bootstrap.servers": bootstrap, **config})
+    started = time.perf_counter()
+    for key, value in payloads:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError(f"events to {topic} were not delivered within 120 s")
+    return time.perf_counter() - started
+
+
+def insert_directly(client, rows: list[tuple], batch_rows: int, on_progress: Callable[[str, int], None]) -> float:
+    """The storage ceiling: ``rows`` inserted columnar into the events table in ``batch_rows`` batches; seconds."""
+    from ievents.sink.sink import COLUMNS, TABLE
+
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start:start + batch_rows]
+        client.insert(TABLE, [list(column) for column in zip(*chunk)], column_names=COLUMNS, column_oriented=True)
+        on_progress("direct insert", start + len(chunk))
+    return time.perf_counter() - started
+
+
 def count_output(bootstrap: str, topic: str, partitions: int, expected: int, timeout: float,
                  on_progress: Callable[[int], None], keep: list[bytes] | None = None) -> tuple[int, float | None, float | None]:
     """Messages seen on ``topic`` (read by assign, no group), with the times of the first and the last.
@@ -86,12 +120,7 @@ def bench_stream(events: int, *, timeout: float = 600, on_progress: Callable[[st
                 "topic_dlq": f"bench-dlq-{run}", "stream_app_id": f"bench-{run}", "stream_metrics_port": 0,
             })
             ensure_topics(bootstrap, topic_partitions(settings_for_run))
-            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                                 "queue.buffering.max.messages": 1_000_000})
-            for key, value in payloads:
-                producer.produce(settings_for_run.topic_raw, key=key, value=value)
-                producer.poll(0)
-            producer.flush(60)
+            produce_all(bootstrap, settings_for_run.topic_raw, payloads)
             results["passthrough" if passthrough else "stream"] = time_stream_worker(
                 settings_for_run, passthrough, events, timeout, on_progress)
         stream_rate = results["stream"].get("events_per_second")
@@ -150,7 +179,7 @@ def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
     from ievents.runtime import build_sink
     from ievents.schemas import ENRICHED
     from ievents.sink.migrations import migrate
-    from ievents.sink.sink import COLUMNS, TABLE, to_row
+    from ievents.sink.sink import to_row
     from ievents.stream.enrich import enrich
 
     base = settings or Settings()
@@ -168,23 +197,13 @@ def bench_sink(rows: int, *, batch_rows: int = 10_000, timeout: float = 600,
         codec = AvroCodec(schemas_for(bench_settings), ENRICHED)
         now = datetime.now(timezone.utc)
         events = [enrich(raw, partition=0, offset=i, processed_at=now) for i, raw in enumerate(simulate_events(rows, seed=2))]
-        producer = Producer({"bootstrap.servers": bench_settings.kafka_bootstrap, "linger.ms": 20,
-                             "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
-        for event in events:
-            producer.produce(bench_settings.topic_enriched, key=event["account_id"].encode(), value=codec.encode(event))
-            producer.poll(0)
-        producer.flush(60)
+        produce_all(bench_settings.kafka_bootstrap, bench_settings.topic_enriched,
+                    [(event["account_id"].encode(), codec.encode(event)) for event in events])
 
         # Baseline: the same rows, already decoded, inserted in the same batch size straight into ClickHouse.
         direct = connect(bench_settings.clickhouse_dsn, f"bench_direct_{run}")
         migrate(direct)
-        decoded = [to_row(event) for event in events]
-        started = time.perf_counter()
-        for start in range(0, rows, batch_rows):
-            chunk = decoded[start:start + batch_rows]
-            direct.insert(TABLE, [list(column) for column in zip(*chunk)], column_names=COLUMNS, column_oriented=True)
-            on_progress("direct insert", start + len(chunk))
-        direct_seconds = time.perf_counter() - started
+        direct_seconds = insert_directly(direct, [to_row(event) for event in events], batch_rows, on_progress)
 
         migrate(connect(bench_settings.clickhouse_dsn, bench_settings.clickhouse_database))
         stored, first_insert_rows, sink_seconds = time_sink(build_sink(bench_settings), rows, timeout, on_progress)

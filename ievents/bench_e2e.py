@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from ievents.bench import count_output, time_sink, time_stream_worker
+from ievents.bench import BENCH_PRODUCER_CONFIG, count_output, insert_directly, produce_all, time_sink, time_stream_worker
 from ievents.kafka import EmbeddedBroker, ensure_topics, free_port
 from ievents.producers.simulator import simulate_events
 from ievents.runtime import open_producer, publish, schemas_for, settings_env, start_stream_worker, stop_process, topic_partitions
@@ -50,8 +49,7 @@ from ievents.settings import Settings
 
 Progress = Callable[[str, int], None]
 # The SDK's producer settings (ievents.producers.sdk), so the produce figures are what an integration gets.
-PRODUCER_CONFIG = {"enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
-                   "queue.buffering.max.messages": 1_000_000}
+PRODUCER_CONFIG = {"enable.idempotence": True, **BENCH_PRODUCER_CONFIG}
 WARM_UP_EVENTS = 2_000
 # How often the stage counters are read (each read is a /metrics scrape the workers pay for).
 SAMPLE_SECONDS = 1.0
@@ -77,23 +75,6 @@ def metric_total(url: str, name: str) -> float:
         return 0.0
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name)
-
-
-def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> float:
-    """Publish pre-encoded events with the SDK's producer settings; seconds until all are acknowledged."""
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
-    started = time.perf_counter()
-    for key, value in payloads:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    if producer.flush(120):
-        raise RuntimeError(f"events to {topic} were not delivered within 120 s")
-    return time.perf_counter() - started
 
 
 class Pipeline:
@@ -222,12 +203,13 @@ def full_speed(base: Settings, root: Path, workers: int, payloads: list[tuple[by
     """Every event published at once into a warmed-up pipeline of ``workers`` stream workers."""
     events = len(payloads)
     with Pipeline(base, root, workers) as pipeline:
-        produce(base.kafka_bootstrap, pipeline.settings.topic_raw, warm_up)  # group joins happen here, untimed
+        # Group joins happen here, untimed.
+        produce_all(base.kafka_bootstrap, pipeline.settings.topic_raw, warm_up, PRODUCER_CONFIG)
         pipeline.wait_stored(len(warm_up), timeout, on_progress, f"warm-up ({workers} workers)")
         baseline = pipeline.stage_counts()
         with Sampler(lambda: tuple(now - before for now, before in zip(pipeline.stage_counts(), baseline)), SAMPLE_SECONDS) as sampler:
             started = time.monotonic()
-            publish_seconds = produce(base.kafka_bootstrap, pipeline.settings.topic_raw, payloads)
+            publish_seconds = produce_all(base.kafka_bootstrap, pipeline.settings.topic_raw, payloads, PRODUCER_CONFIG)
             finished = pipeline.wait_stored(len(warm_up) + events, timeout, on_progress, f"pipeline ({workers} workers)")
             time.sleep(SAMPLE_SECONDS * 1.5)  # one more sample past the end
         result = {
@@ -284,7 +266,7 @@ def storage_stage(base: Settings, root: Path, topic: str, events: int, timeout: 
     from ievents.runtime import build_sink
     from ievents.schemas import ENRICHED
     from ievents.sink.migrations import migrate
-    from ievents.sink.sink import COLUMNS, TABLE, to_row
+    from ievents.sink.sink import to_row
 
     messages: list[bytes] = []
     count_output(base.kafka_bootstrap, topic, base.topic_partitions, events, 120,
@@ -294,12 +276,7 @@ def storage_stage(base: Settings, root: Path, topic: str, events: int, timeout: 
     dsn = f"chdb://{root / 'storage'}"
     client = connect(dsn, "direct_insert")
     migrate(client)
-    started = time.perf_counter()
-    for start in range(0, len(rows), base.sink_batch_rows):
-        chunk = rows[start:start + base.sink_batch_rows]
-        client.insert(TABLE, [list(column) for column in zip(*chunk)], column_names=COLUMNS, column_oriented=True)
-        on_progress("direct insert", start + len(chunk))
-    direct = len(rows) / (time.perf_counter() - started)
+    direct = len(rows) / insert_directly(client, rows, base.sink_batch_rows, on_progress)
 
     sink_settings = base.model_copy(update={
         "topic_enriched": topic, "sink_group": f"e2e-sink-alone-{uuid.uuid4().hex[:6]}", "clickhouse_url": dsn,
@@ -315,7 +292,7 @@ def kafka_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]], partition
     """confluent-kafka alone: produce the events, then consume them all (assign, no group)."""
     topic = f"e2e-ceiling-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, {topic: partitions})
-    produce_seconds = produce(bootstrap, topic, payloads)
+    produce_seconds = produce_all(bootstrap, topic, payloads, PRODUCER_CONFIG)
     consumed, first, last = count_output(bootstrap, topic, partitions, len(payloads), 120,
                                          lambda n: on_progress("kafka consume", n))
     started_at = first  # consume rate from the first fetched batch to the last
@@ -330,7 +307,7 @@ def faust_ceiling(base: Settings, payloads: list[tuple[bytes, bytes]], timeout: 
                                        "topic_dlq": f"e2e-pt-dlq-{run}", "stream_app_id": f"e2e-pt-{run}",
                                        "stream_metrics_port": 0})
     ensure_topics(base.kafka_bootstrap, topic_partitions(settings))
-    produce(base.kafka_bootstrap, settings.topic_raw, payloads)
+    produce_all(base.kafka_bootstrap, settings.topic_raw, payloads, PRODUCER_CONFIG)
     return time_stream_worker(settings, True, len(payloads), timeout, on_progress).get("events_per_second")
 
 

@@ -238,13 +238,17 @@ def demo(
         raise fail(report.get("error") or f"stored {report['stored']} of {report['published']} events")
 
 
-def _run_bench(title: str, total: int, as_json: bool, run: Callable[[Callable[[str, int], None]], dict]) -> None:
-    """Run a benchmark with a progress bar on stderr; print its result as a table or one JSON object."""
+def _run_bench(title: str, total: int, as_json: bool, run: Callable[[Callable[[str, int], None]], dict],
+               show: Callable[[dict], None] | None = None) -> None:
+    """Run a benchmark with a progress bar on stderr; print its result as one JSON object, or for people:
+    ``show`` when given, else a table."""
     with progress_bar("bench", total) as progress:
         task = progress.add_task("preparing", total=total)
         result = run(lambda stage, done: progress.update(task, description=stage, completed=done))
     if as_json:
         print(json.dumps(result, default=str))
+    elif show:
+        show(result)
     else:
         _print_mapping(result, title)
 
@@ -288,17 +292,14 @@ def bench_e2e_command(
         counts = tuple(int(count) for count in workers.split(","))
     except ValueError:
         raise fail(f"--workers takes comma-separated numbers such as 1,2 (got {workers!r})") from None
-    with progress_bar("bench", events) as progress:
-        task = progress.add_task("preparing", total=events)
-        report = bench_e2e(events, workers=counts, rate=rate, rate_seconds=rate_seconds,
-                           on_progress=lambda stage, done: progress.update(task, description=stage, completed=done))
-    if chart:
-        draw_chart(report, chart)
-    if as_json:
-        print(json.dumps(report, default=str))
-    else:
-        for line in summary(report):
-            console.print(line)
+
+    def run(progress: Callable[[str, int], None]) -> dict:
+        report = bench_e2e(events, workers=counts, rate=rate, rate_seconds=rate_seconds, on_progress=progress)
+        if chart:
+            draw_chart(report, chart)
+        return report
+
+    _run_bench("bench e2e", events, as_json, run, show=lambda report: console.print("\n".join(summary(report))))
 
 
 @bench_app.command("query")
