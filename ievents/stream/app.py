@@ -121,14 +121,16 @@ class PipelineConsumer(AiokafkaConsumer):
        gap can only be that artefact; not filling gaps is the safe direction
        anyway (a real gap holds commits back, it never commits past an event).
 
-    2. A partition without a committed offset starts from the beginning at
-       every assignment. aiokafka's ``seek_to_committed`` leaves the fetch
-       position alone when the group has no committed offset, and Faust keeps
-       its committed offset from before; when the broker lost its state (the
-       embedded broker restarted: topics re-created, offsets gone) the worker
-       went on from its old position in the new topic and silently skipped
-       every event published below it (1,000 of 3,000 in a test). With no
-       committed offset, ``auto.offset.reset=earliest`` is what should apply.
+    2. A partition this worker had committed but the broker no longer has an
+       offset for is read from the beginning. aiokafka's ``seek_to_committed``
+       leaves the fetch position alone when the group has no committed offset,
+       and Faust keeps its committed offset from before; when the broker lost
+       its state (the embedded broker restarted: topics re-created, offsets
+       gone) the worker went on from its old position in the new topic and
+       silently skipped every event published below it (1,000 of 3,000 in a
+       test). ``auto.offset.reset=earliest`` is what should apply. Partitions
+       this worker never committed are left alone (seeking them too made a
+       restarted worker process a replayed batch twice).
 
     3. No commit while the consumer is outside the group. After a failed
        heartbeat aiokafka resets its generation to -1 and Faust keeps
@@ -152,11 +154,13 @@ class PipelineConsumer(AiokafkaConsumer):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
-        uncommitted = [tp for tp, offset in committed.items() if not offset or offset < 0]
-        if uncommitted:
-            log.info("no committed offset for %s: reading from the beginning", sorted(map(str, uncommitted)))
-            await self._thread.seek_to_beginning(*uncommitted)
-            for tp in uncommitted:
+        lost = [tp for tp, offset in committed.items() if (not offset or offset < 0) and self._committed_offset.get(tp)]
+        if lost:
+            log.warning("the broker has no committed offset for %s although this worker committed there: "
+                        "it lost its state (restarted without storage?); reading them from the beginning",
+                        sorted(map(str, lost)))
+            await self._thread.seek_to_beginning(*lost)
+            for tp in lost:
                 self._committed_offset[tp] = None
         return committed
 

@@ -26,8 +26,11 @@ from fault_kit import (
 )
 from ievents.kafka import free_port
 from ievents.producers.simulator import simulate_events
+from ievents.runtime import open_producer, publish
 
 pytestmark = pytest.mark.integration
+
+WARM_UP = 200  # events stored before the first fault
 
 
 class Stage:
@@ -68,13 +71,10 @@ class CommitSampler(threading.Thread):
             except Exception:  # noqa: BLE001 - a missed sample only blurs a timing
                 pass
 
-    def resumed_after(self, stage: str, killed_at: float) -> float | None:
-        """Seconds from a kill until the stage's committed total passed its value at the kill."""
-        before = [totals[stage] for at, totals in self.samples if at <= killed_at]
-        if not before:
-            return None
+    def resumed_after(self, stage: str, killed_at: float, committed_at_kill: int) -> float | None:
+        """Seconds from a kill until the stage's committed total passed its value at the kill (None: never)."""
         for at, totals in self.samples:
-            if at > killed_at and totals[stage] > before[-1]:
+            if at > killed_at and totals[stage] > committed_at_kill:
                 return round(at - killed_at, 1)
         return None
 
@@ -92,16 +92,20 @@ def run_with_kills(settings, tmp_path, *, events: int, rate: float, kills_per_st
     enriched_ends = TopicEnds(settings.kafka_bootstrap, settings.topic_enriched, settings.topic_partitions)
     sampler = CommitSampler([stream, sink])
     published = list(simulate_events(events, accounts=20, seed=seed))
-    publisher = Publisher(settings, published, rate)
-    kills: list[tuple[str, float]] = []
+    publisher = Publisher(settings, published[WARM_UP:], rate)
+    kills: list[tuple[str, float, int]] = []  # (stage, when, its committed total then)
     try:
         stream.start()
         sink.start()
         sampler.start()
+        # Both stages up and storing before the faults start, so every kill hits a working process.
+        publish(open_producer(settings), published[:WARM_UP])
+        wait_for(lambda: sink.committed.total() >= WARM_UP, 120, "the warm-up events stored",
+                 check=lambda: [stage.check_alive() for stage in stages.values()])
         started = time.monotonic()
         publisher.start()
         # Kill moments drawn uniformly over the publishing window, each stage independently.
-        window = events / rate
+        window = (events - WARM_UP) / rate
         plan = sorted((started + rng.uniform(0.1 * window, 0.9 * window), name)
                       for name in stages for _ in range(kills_per_stage))
         for at, name in plan:
@@ -109,7 +113,7 @@ def run_with_kills(settings, tmp_path, *, events: int, rate: float, kills_per_st
             time.sleep(max(0.0, at - time.monotonic()))
             stage.check_alive()
             kill9(stage.process)
-            kills.append((name, time.monotonic()))
+            kills.append((name, time.monotonic(), stage.committed.total()))  # a dead process commits no more
             time.sleep(rng.uniform(0.0, 2.0))  # down for a moment, as a supervisor restarts it
             stage.start()
         publisher.join(window * 3 + 60)
@@ -147,9 +151,10 @@ def run_with_kills(settings, tmp_path, *, events: int, rate: float, kills_per_st
         assert_stored_exactly_once(store, (str(event["event_id"]) for event in published))
         figures = {
             "seed": seed, "events": events, "rate_per_s": rate,
-            "kills": {name: sum(1 for killed, _ in kills if killed == name) for name in stages},
-            "kill_moments_s": [(name, round(at - started, 1)) for name, at in kills],
-            "resumed_committing_after_s": [(name, sampler.resumed_after(name, at)) for name, at in kills],
+            "kills": {name: sum(1 for killed, _, _ in kills if killed == name) for name in stages},
+            "kill_moments_s": [(name, round(at - started, 1)) for name, at, _ in kills],
+            # From a kill to the stage's first new commit (a stage killed again before it committed shows None).
+            "resumed_committing_after_s": [(name, sampler.resumed_after(name, at, total)) for name, at, total in kills],
             "publish_seconds": round(publisher.seconds, 1),
             "caught_up_after_publishing_s": round(caught_up_after, 1),
             "enriched_messages": sum(enriched_ends.ends.values()),
